@@ -1,0 +1,211 @@
+"""SWAG posterior over a named set of tensors (Maddox et al., 2019), in the style of laplace-torch.
+
+The posterior knows names and shapes only; it never holds or copies a model.  Inside it keeps
+flat fp32 buffers: the running mean, the running second moment, and a ring buffer of up to K
+deviation columns (snapshot minus the running mean after the update).  Collecting and sampling
+are a handful of vector operations whatever the number of tensors.
+
+    post = SwagPosterior.from_named_tensors(named, max_rank=20)
+    post.collect(named)                       # one snapshot
+    draw = post.sample(scale=0.5, cov=True, generator=g)   # name -> tensor; scale 0 gives the mean (SWA)
+    post.write_(named, draw)                  # copy a draw into the model's tensors, in place
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from swag_lora.io import atomic_write
+
+POSTERIOR_TENSORS = "swag_posterior.safetensors"
+POSTERIOR_META = "swag_posterior.json"
+FORMAT_VERSION = 1
+
+
+class SwagPosterior:
+    """Gaussian N(mu, 0.5*(diag(sigma^2) + D D^T / (K-1))) over named tensors, fitted by SWAG.
+
+    Args:
+        shapes: name -> shape of every tensor the posterior covers (the order is kept).
+        max_rank: K, the number of deviation columns kept (the oldest is dropped first).
+        var_clamp: floor for the diagonal variance (E[x^2] - mu^2 can be slightly negative in fp32).
+        device: where the buffers live (defaults to the CPU; the trainer passes the parameters' device).
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, Iterable[int]],
+        max_rank: int = 20,
+        var_clamp: float = 1e-30,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        self.shapes: dict[str, torch.Size] = {n: torch.Size(s) for n, s in shapes.items()}
+        if not self.shapes:
+            raise ValueError("SwagPosterior needs at least one tensor")
+        self.max_rank = int(max_rank)
+        self.var_clamp = float(var_clamp)
+        self.numels = [math.prod(s) for s in self.shapes.values()]
+        self.num_params = sum(self.numels)
+        device = torch.device(device)
+        self._mean = torch.zeros(self.num_params, dtype=torch.float32, device=device)
+        self._sq_mean = torch.zeros_like(self._mean)
+        self._dev = torch.zeros(self.max_rank, self.num_params, dtype=torch.float32, device=device)
+        self.num_snapshots = 0   # n: snapshots averaged into mean and second moment
+        self.rank = 0            # deviation columns held, <= max_rank
+        self._next_col = 0       # ring-buffer write position
+
+    @classmethod
+    def from_named_tensors(cls, named: Mapping[str, torch.Tensor], **kwargs) -> "SwagPosterior":
+        """Build an empty posterior with the names and shapes of `named` (on their device)."""
+        kwargs.setdefault("device", next(iter(named.values())).device)
+        return cls({n: t.shape for n, t in named.items()}, **kwargs)
+
+    # ------------------------------------------------------------------ fit
+    def _flatten(self, named: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        missing = [n for n in self.shapes if n not in named]
+        if missing:
+            raise KeyError(f"tensors missing from the snapshot: {missing[:5]}")
+        flat = torch.empty_like(self._mean)
+        offset = 0
+        for (name, shape), numel in zip(self.shapes.items(), self.numels):
+            t = named[name]
+            if t.shape != shape:
+                raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, posterior expects {tuple(shape)}")
+            flat[offset:offset + numel].copy_(t.detach().reshape(-1))
+            offset += numel
+        return flat
+
+    @torch.no_grad()
+    def collect(self, named: Mapping[str, torch.Tensor]) -> None:
+        """Add one snapshot: update the running moments and write its deviation column."""
+        theta = self._flatten(named)
+        n = self.num_snapshots
+        self._mean.mul_(n / (n + 1)).add_(theta, alpha=1 / (n + 1))
+        self._sq_mean.mul_(n / (n + 1)).addcmul_(theta, theta, value=1 / (n + 1))
+        torch.sub(theta, self._mean, out=self._dev[self._next_col])
+        self._next_col = (self._next_col + 1) % self.max_rank
+        self.rank = min(self.rank + 1, self.max_rank)
+        self.num_snapshots = n + 1
+
+    # ------------------------------------------------------------------ moments
+    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: v.view(s) for (n, s), v in zip(self.shapes.items(), flat.split(self.numels))}
+
+    def flat_variance(self) -> torch.Tensor:
+        return (self._sq_mean - self._mean.square()).clamp_(min=self.var_clamp)
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        """The SWA solution: name -> running mean (views into the buffer; copy before editing)."""
+        return self._unflatten(self._mean)
+
+    def variance(self) -> dict[str, torch.Tensor]:
+        return self._unflatten(self.flat_variance())
+
+    def deviations(self) -> torch.Tensor:
+        """The K x P deviation matrix, columns in the order they were collected (oldest first)."""
+        if self.rank < self.max_rank:
+            return self._dev[: self.rank]
+        return torch.roll(self._dev, -self._next_col, dims=0)
+
+    # ------------------------------------------------------------------ sample
+    @torch.no_grad()
+    def sample(
+        self,
+        scale: float = 0.5,
+        cov: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Draw theta = mu + sqrt(scale) * (sigma * z1 + D^T z2 / sqrt(K - 1)), K = columns held.
+
+        scale=0 returns the mean (SWA); scale=0.5 is the SWAG paper's formula.  The low-rank term is
+        used only with cov=True and at least two columns.  The generator must live on the
+        posterior's device; z1 and z2 are drawn from it in that order (reproducible by seed).
+        """
+        if self.num_snapshots == 0:
+            raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        if scale == 0:
+            return self._unflatten(self._mean.clone())
+        z1 = torch.randn(self.num_params, generator=generator, device=self._mean.device)
+        theta = z1.mul_(self.flat_variance().sqrt_())
+        if cov and self.rank >= 2:
+            z2 = torch.randn(self.rank, generator=generator, device=self._mean.device)
+            theta.addmv_(self._dev[: self.rank].T, z2, alpha=1 / math.sqrt(self.rank - 1))
+        theta.mul_(math.sqrt(scale)).add_(self._mean)
+        return self._unflatten(theta)
+
+    @staticmethod
+    @torch.no_grad()
+    def write_(target: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
+        """Copy `values` into the tensors of `target` in place (casting to their dtype/device)."""
+        for name, value in values.items():
+            target[name].copy_(value)
+
+    # ------------------------------------------------------------------ state
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "max_rank": self.max_rank,
+            "rank": self.rank,
+            "next_col": self._next_col,
+            "num_snapshots": self.num_snapshots,
+            "var_clamp": self.var_clamp,
+            "num_params": self.num_params,
+            "names": list(self.shapes),
+            "shapes": [list(s) for s in self.shapes.values()],
+        }
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, metadata): the flat buffers and a JSON-able description."""
+        tensors = {"mean": self._mean, "sq_mean": self._sq_mean, "deviations": self._dev[: self.rank]}
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, self.metadata()
+
+    @classmethod
+    def from_state_dict(
+        cls, tensors: Mapping[str, torch.Tensor], meta: Mapping, device: torch.device | str = "cpu"
+    ) -> "SwagPosterior":
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unknown SWAG posterior format_version {meta.get('format_version')!r}")
+        post = cls(dict(zip(meta["names"], meta["shapes"])), max_rank=meta["max_rank"],
+                   var_clamp=meta["var_clamp"], device=device)
+        if tensors["mean"].numel() != post.num_params:
+            raise ValueError("SWAG posterior tensors do not match their metadata (corrupt file?)")
+        post._mean.copy_(tensors["mean"])
+        post._sq_mean.copy_(tensors["sq_mean"])
+        post.rank = int(meta["rank"])
+        post._dev[: post.rank].copy_(tensors["deviations"])
+        post._next_col = int(meta["next_col"])
+        post.num_snapshots = int(meta["num_snapshots"])
+        return post
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write `swag_posterior.safetensors` + `swag_posterior.json` atomically into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors, meta = self.state_dict()
+        with atomic_write(folder / POSTERIOR_TENSORS) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "swag_lora.SwagPosterior"})
+        with atomic_write(folder / POSTERIOR_META) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: torch.device | str = "cpu") -> "SwagPosterior":
+        folder = Path(folder)
+        meta = json.loads((folder / POSTERIOR_META).read_text())
+        return cls.from_state_dict(load_file(str(folder / POSTERIOR_TENSORS)), meta, device=device)
+
+    def nbytes(self) -> int:
+        return (self._mean.numel() * 2 + self._dev.numel()) * 4
+
+    def __repr__(self) -> str:
+        return (f"SwagPosterior(tensors={len(self.shapes)}, params={self.num_params}, "
+                f"snapshots={self.num_snapshots}, rank={self.rank}/{self.max_rank})")

@@ -1,0 +1,143 @@
+"""SwagPosterior against independent numpy computations and torch.optim.swa_utils."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from swag_lora.swag import SwagPosterior
+
+
+def snapshots(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"a.lora_A": torch.randn(3, 4, generator=g), "b.bias": torch.randn(5, generator=g)} for _ in range(n)]
+
+
+def flat(snap):
+    return np.concatenate([snap["a.lora_A"].numpy().ravel(), snap["b.bias"].numpy().ravel()]).astype(np.float64)
+
+
+@pytest.mark.parametrize("n,k", [(1, 3), (3, 3), (7, 3), (5, 10)])
+def test_moments_and_deviations_match_numpy(n, k):
+    snaps = snapshots(n)
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=k)
+    for s in snaps:
+        post.collect(s)
+    X = np.stack([flat(s) for s in snaps])
+    mean = X.mean(0)
+    var = np.maximum((X ** 2).mean(0) - mean ** 2, 1e-30)
+    # deviation i = theta_i - (mean of the first i+1 snapshots), keep the last k, oldest first
+    devs = np.stack([X[i] - X[: i + 1].mean(0) for i in range(n)])[-k:]
+    got_mean = np.concatenate([t.numpy().ravel() for t in post.mean().values()])
+    got_var = np.concatenate([t.numpy().ravel() for t in post.variance().values()])
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_var, var, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(post.deviations().numpy(), devs, rtol=1e-4, atol=1e-5)
+    assert post.rank == min(n, k) and post.num_snapshots == n
+    assert post.mean()["a.lora_A"].shape == (3, 4)
+
+
+def test_ring_buffer_drops_oldest_column():
+    snaps = snapshots(5)
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=2)
+    for s in snaps:
+        post.collect(s)
+    X = np.stack([flat(s) for s in snaps])
+    expected = np.stack([X[3] - X[:4].mean(0), X[4] - X.mean(0)])
+    np.testing.assert_allclose(post.deviations().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_swa_mean_equals_averaged_model():
+    """The same iterates through torch.optim.swa_utils.AveragedModel give the same mean."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    swa = AveragedModel(model)
+    post = SwagPosterior.from_named_tensors(dict(model.named_parameters()), max_rank=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(6):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        swa.update_parameters(model)
+        post.collect(dict(model.named_parameters()))
+    ref = dict(swa.module.named_parameters())
+    for name, mu in post.mean().items():
+        torch.testing.assert_close(mu, ref[name].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_scale_zero_returns_mean():
+    snaps = snapshots(4)
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=3)
+    for s in snaps:
+        post.collect(s)
+    draw = post.sample(scale=0.0, generator=torch.Generator().manual_seed(1))
+    for name, mu in post.mean().items():
+        torch.testing.assert_close(draw[name], mu)
+
+
+@pytest.mark.parametrize("cov", [True, False])
+def test_sample_covariance_is_diag_plus_low_rank(cov):
+    """Empirical covariance of many draws equals scale*(diag(var) + D^T D/(K-1)) (or the diagonal only)."""
+    g = torch.Generator().manual_seed(0)
+    snaps = [{"w": torch.randn(6, generator=g) * torch.arange(1, 7)} for _ in range(6)]
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=4)
+    for s in snaps:
+        post.collect(s)
+    scale = 0.5
+    gen = torch.Generator().manual_seed(123)
+    draws = np.stack([post.sample(scale, cov=cov, generator=gen)["w"].numpy() for _ in range(40000)]).astype(np.float64)
+    X = np.stack([s["w"].numpy() for s in snaps]).astype(np.float64)
+    mean = X.mean(0)
+    var = np.maximum((X ** 2).mean(0) - mean ** 2, 1e-30)
+    D = np.stack([X[i] - X[: i + 1].mean(0) for i in range(6)])[-4:]
+    K = D.shape[0]
+    expected = scale * (np.diag(var) + (D.T @ D / (K - 1) if cov else 0))
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.05 * np.sqrt(np.diag(expected)).max())
+    emp = np.cov(draws, rowvar=False)
+    np.testing.assert_allclose(emp, expected, atol=0.04 * np.abs(expected).max())
+
+
+def test_low_rank_term_divides_by_columns_held_not_max():
+    """With 3 columns held of a maximum 20, the low-rank factor is 1/sqrt(3-1)."""
+    snaps = [{"w": torch.tensor([float(i), 2.0 * i * i])} for i in range(3)]
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=20)
+    for s in snaps:
+        post.collect(s)
+    g1 = torch.Generator().manual_seed(5)
+    draw = post.sample(scale=1.0, cov=True, generator=g1)["w"]
+    g2 = torch.Generator().manual_seed(5)
+    z1 = torch.randn(2, generator=g2)
+    z2 = torch.randn(3, generator=g2)
+    var = torch.stack(list(post.variance().values())).reshape(-1)
+    expected = post.mean()["w"] + var.sqrt() * z1 + post.deviations().T @ z2 / math.sqrt(2)
+    torch.testing.assert_close(draw, expected)
+
+
+def test_state_round_trip_and_write(tmp_path):
+    snaps = snapshots(5)
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=3)
+    for s in snaps:
+        post.collect(s)
+    post.save(tmp_path)
+    back = SwagPosterior.load(tmp_path)
+    assert back.num_snapshots == 5 and back.rank == 3
+    torch.testing.assert_close(back.deviations(), post.deviations())
+    a = post.sample(0.5, generator=torch.Generator().manual_seed(9))
+    b = back.sample(0.5, generator=torch.Generator().manual_seed(9))
+    for n in a:
+        torch.testing.assert_close(a[n], b[n])
+    # collecting after a reload continues the ring buffer exactly as before
+    extra = snapshots(1, seed=7)[0]
+    post.collect(extra); back.collect(extra)
+    torch.testing.assert_close(back.deviations(), post.deviations())
+    model = {n: torch.zeros_like(t, dtype=torch.float16) for n, t in snaps[0].items()}
+    SwagPosterior.write_(model, a)
+    torch.testing.assert_close(model["b.bias"], a["b.bias"].half())
+
+
+def test_shape_mismatch_is_an_error():
+    post = SwagPosterior({"w": (3,)}, max_rank=2)
+    with pytest.raises(ValueError, match="shape"):
+        post.collect({"w": torch.zeros(4)})
+    with pytest.raises(RuntimeError, match="no snapshots"):
+        post.sample()
