@@ -27,12 +27,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success swap it in for `path` (old copy removed last)."""
+def atomic_dir(path: str | os.PathLike, keep_previous: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success swap it in for `path`.  The folder it replaces
+    is removed last, or kept as `keep_previous` when that is given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
+    old = keep_previous or path.with_name(f".{path.name}.old")
     try:
         yield tmp
         for f in tmp.rglob("*"):
@@ -44,7 +45,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if keep_previous is None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

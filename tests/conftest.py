@@ -23,3 +23,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real benchmark data not found at {SHARED_DATA} (../shared/data is absent on this machine)")
     return SHARED_DATA
+
+
+def compose(*overrides: str, config_name: str = "config"):
+    """The composed config exactly as `launch_exp_hydra.py` would see it (no working-dir change)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+TINY = ("experiment.wandb_mode=disabled", "experiment.max_train_samples=48", "experiment.max_eval_samples=32",
+        "experiment.batch_size=8", "experiment.eval_batch_size=16")

@@ -1,0 +1,122 @@
+"""Resumable training state as safetensors + JSON (never pickles): trainable weights, AdamW moments,
+scheduler step, SWAG posterior, epoch/step, and the RNG states.  Written atomically into
+`<run dir>/checkpoint/`; a torn or corrupt checkpoint is reported and the previous good one is used.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from swag_lora.io import atomic_dir, recover_dir
+from swag_lora.swag import SwagPosterior
+
+STATE = "state.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = meta["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    posterior: SwagPosterior | None, state: dict) -> None:
+    """Write everything needed to resume into `folder` atomically (call on the main process)."""
+    with atomic_dir(folder, keep_previous=previous_good(folder)) as tmp:
+        save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()}, str(tmp / "trainable.safetensors"))
+        opt_t, opt_meta = _optimizer_state(optimizer)
+        save_file(opt_t, str(tmp / "optimizer.safetensors"))
+        rng_t, rng_meta = _rng_state()
+        save_file(rng_t, str(tmp / "rng.safetensors"))
+        if posterior is not None:
+            posterior.save(tmp)
+        meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": rng_meta, "has_posterior": posterior is not None}
+        meta["scheduler"] = {k: v for k, v in (meta["scheduler"] or {}).items() if k != "lr_lambdas"}
+        (tmp / STATE).write_text(json.dumps(meta))
+
+
+def has_checkpoint(folder: Path) -> bool:
+    recover_dir(folder)
+    return (Path(folder) / STATE).is_file() or (previous_good(folder) / STATE).is_file()
+
+
+def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+                    posterior_device="cpu") -> tuple[dict, SwagPosterior | None]:
+    """Restore weights, optimizer, scheduler and RNG in place; return (state, posterior or None).
+    Raises CheckpointError with one line if any file is missing or corrupt."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / STATE).read_text())
+        weights = load_file(str(folder / "trainable.safetensors"))
+        opt_t = load_file(str(folder / "optimizer.safetensors"))
+        rng_t = load_file(str(folder / "rng.safetensors"))
+        post = None
+        if meta["has_posterior"]:
+            post = SwagPosterior.load(folder, device=posterior_device)
+    except Exception as e:  # noqa: BLE001 -- any read failure means the checkpoint is unusable
+        raise CheckpointError(f"checkpoint {folder} is unreadable ({type(e).__name__}: {str(e)[:120]})") from e
+    missing = set(trainable) - set(weights)
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} lacks weights {sorted(missing)[:3]} (another model or method?)")
+    with torch.no_grad():
+        for n, t in trainable.items():
+            t.copy_(weights[n])
+    _load_optimizer_state(optimizer, opt_t, meta["optimizer"])
+    if scheduler is not None and meta.get("scheduler"):
+        scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    _set_rng_state(rng_t, meta["rng"])
+    return meta, post
+
+
+def previous_good(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".prev")

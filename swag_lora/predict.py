@@ -1,0 +1,135 @@
+"""Weight draws -> probabilities.  One draw is a weight setting of the model: the MAP weights, a dropout
+pass, a SWAG sample, an ensemble member.  Each draw costs one forward pass over the split; features are
+tokenised once and batches are length-sorted.  SWAG samples are written into the model's tensors in
+place (only the SWAG'd tensors are saved and restored -- no model copies).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from swag_lora.data.encode import eval_batches
+from swag_lora.swag import SwagPosterior
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_probs(model, feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True) -> np.ndarray:
+    """N x C probabilities in the order of `feats`; every row scored exactly once.  Under several
+    processes each rank scores its share of the batches and the results are gathered."""
+    batches = eval_batches([f["length"] for f in feats], batch_size, sort_by_length)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    idx_out, prob_out = [], []
+    for b in batches[rank::world]:
+        batch = _to_device(collator([feats[i] for i in b]), device)
+        batch.pop("labels")
+        logits = model(**batch)
+        prob_out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64))
+        idx_out.append(np.asarray(b))
+    if world > 1:
+        from accelerate.utils import gather_object
+        gathered = gather_object([(idx_out, prob_out)])
+        idx_out = [i for part in gathered for i in part[0]]
+        prob_out = [p for part in gathered for p in part[1]]
+    probs = np.zeros((len(feats), collator.num_choices))
+    seen = np.zeros(len(feats), dtype=int)
+    for i, p in zip(idx_out, prob_out):
+        probs[i] = p
+        seen[i] += 1
+    assert (seen == 1).all(), "every row must be scored exactly once"
+    return probs
+
+
+@contextlib.contextmanager
+def dropout_on(model) -> Iterator[None]:
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def swapped(named: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Keep a copy of the (small) SWAG'd tensors and put them back afterwards."""
+    saved = {n: t.detach().clone() for n, t in named.items()}
+    try:
+        yield
+    finally:
+        SwagPosterior.write_(named, saved)
+
+
+def draw_probs(
+    model,
+    feats: list[dict],
+    collator,
+    batch_size: int,
+    method: str,
+    *,
+    posterior: SwagPosterior | None = None,
+    named: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 1,
+    scale: float = 0.5,
+    cov: bool = True,
+    seed: int = 0,
+    accelerator=None,
+    sort_by_length: bool = True,
+) -> np.ndarray:
+    """S x N x C probabilities of one model under `method`:
+    base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA)."""
+    run = lambda: predict_probs(model, feats, collator, batch_size, accelerator, sort_by_length)  # noqa: E731
+    model.eval()
+    if method == "base":
+        return run()[None]
+    if method == "dropout":
+        out = []
+        with dropout_on(model):
+            for s in range(num_samples):
+                torch.manual_seed(seed + s)
+                out.append(run())
+        return np.stack(out)
+    if method == "swag":
+        if posterior is None or named is None:
+            raise ValueError("swag draws need the posterior and the model's SWAG'd tensors")
+        device = posterior._mean.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        out = []
+        with swapped(named):
+            for _ in range(1 if scale == 0 else num_samples):
+                SwagPosterior.write_(named, posterior.sample(scale, cov=cov, generator=gen))
+                out.append(run())
+        return np.stack(out)
+    raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag")
+
+
+# ---------------------------------------------------------------- temperature scaling
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the NLL of softmax(log p / T) on held-out data (Guo et al., 2017)."""
+    logp = torch.log(torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-12))
+    y = torch.as_tensor(labels, dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logp / log_t.exp(), y)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.exp())
+
+
+def apply_temperature(member_probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale each member's distribution: softmax(log p / T)."""
+    logp = np.log(np.clip(member_probs, 1e-12, None)) / temperature
+    logp -= logp.max(-1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(-1, keepdims=True)

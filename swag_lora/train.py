@@ -1,0 +1,391 @@
+"""The training loop (Accelerate), read top to bottom: data -> model -> optimizer and schedule -> epochs,
+with SWAG collection when due, validation, best-MAP and SWAG saves, and resumable checkpoints."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from swag_lora import checkpoint as ckpt
+from swag_lora import metrics as M
+from swag_lora.config import ConfigError, run_dir
+from swag_lora.data import get_task, load_splits
+from swag_lora.data.encode import Collator, encode
+from swag_lora.distributed import gathered_params, unwrap
+from swag_lora.io import atomic_dir, atomic_write
+from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+from swag_lora.predict import draw_probs
+from swag_lora.schedule import LRSchedule
+from swag_lora.swag import SwagPosterior
+
+RUN_INFO = "run_info.json"
+SIGNAL_EXIT_CODE = 99       # "checkpoint written on a pre-emption signal: requeue me"
+LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy", "val_nll", "val_ece",
+              "swa_val_accuracy", "swa_val_nll", "swa_val_ece", "num_snapshots", "epoch_seconds"]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the training rows fixed by (seed, epoch): the data order a resumed run repeats."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Stop:
+    """Set by SIGTERM/SIGUSR1 (Slurm's pre-emption warning): checkpoint at the next step and exit."""
+    requested = False
+
+    @classmethod
+    def install(cls) -> None:
+        def handler(signum, frame):
+            cls.requested = True
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):   # not the main thread
+                pass
+
+
+def prepare_data(cfg: DictConfig, task, tokenizer, kind: str, rd_seed: int):
+    exp = cfg.experiment
+    splits = load_splits(exp.task, exp.subtask or "", offline=exp.offline, data_path=exp.data_path,
+                         seed=rd_seed, val_fraction=exp.val_fraction)
+    cap = lambda rows, n: rows[: int(n)] if int(n) > 0 else rows  # noqa: E731
+    feats = {
+        "train": encode(cap(splits.train, exp.max_train_samples), tokenizer, kind, task, cfg.model.max_length),
+        "validation": encode(cap(splits.validation, exp.max_eval_samples), tokenizer, kind, task, cfg.model.max_length),
+    }
+    return splits, feats
+
+
+def _epoch_due(epoch: int, meth) -> bool:
+    return epoch >= int(meth.swag_start) and (epoch - int(meth.swag_start)) % int(meth.swag_c_epochs) == 0
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train one run; return its run directory."""
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+
+    exp, meth = cfg.experiment, cfg.method
+    swag_on = meth.method_name == "swag"
+    if exp.offline:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ[var] = "1"
+    accelerator = Accelerator(gradient_accumulation_steps=int(exp.gradient_accumulation_steps),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              mixed_precision=exp.get("mixed_precision") or None)
+    world = accelerator.num_processes
+    if int(exp.batch_size) % world:
+        raise ConfigError(f"experiment.batch_size={exp.batch_size} is the global batch and must divide evenly "
+                          f"across {world} processes")
+    rd = run_dir(cfg)
+    resume_state = _prepare_run_dir(cfg, rd, accelerator)
+    set_seed(int(exp.seed))
+    log = accelerator.print
+
+    # ---------------------------------------------------------------- data and model
+    task = get_task(exp.task)
+    source = model_source(cfg.model, exp.offline, exp.model_path)
+    tokenizer = load_tokenizer(cfg.model, source)
+    model = build_model(cfg.model, exp, task, tokenizer, source)
+    kind = model.kind
+    splits, feats = prepare_data(cfg, task, tokenizer, kind, int(exp.seed))
+    collator = Collator(tokenizer.pad_token_id, kind, model.num_choices, tokenizer.padding_side)
+    sampler = EpochSampler(len(feats["train"]), int(exp.seed))
+    loader = torch.utils.data.DataLoader(feats["train"], batch_size=int(exp.batch_size), sampler=sampler,
+                                         collate_fn=collator, generator=torch.Generator())
+    trainable = model.trainable_state()
+    n_train = sum(p.numel() for p in trainable.values())
+    log(f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(feats['train'])} train / "
+        f"{len(feats['validation'])} validation rows; {cfg.model.name} ({kind}), {n_train:,} trainable parameters; "
+        f"{world} process(es); run dir {rd}")
+
+    optimizer = torch.optim.AdamW([p for p in trainable.values()], lr=float(exp.learning_rate),
+                                  weight_decay=float(exp.weight_decay))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    inner = unwrap(accelerator, model)
+    steps_per_epoch = math.ceil(len(loader) / int(exp.gradient_accumulation_steps))
+    total_steps = steps_per_epoch * int(exp.num_epochs)
+    schedule = LRSchedule(
+        base_lr=float(exp.learning_rate), total_steps=total_steps,
+        warmup_steps=int(round(float(exp.warmup_length) * total_steps)), scheduler=exp.lr_scheduler,
+        num_cycles=int(exp.num_lr_cycles),
+        swag_start_step=int(meth.swag_start) * steps_per_epoch if swag_on else None,
+        swag_lr=float(meth.swag_learning_rate) if swag_on else None,
+        anneal_steps=int(meth.swag_anneal_epochs) * steps_per_epoch if swag_on else 0,
+        anneal_strategy=meth.swag_anneal_strategy if swag_on else "constant", cycle_steps=steps_per_epoch)
+    scheduler = schedule.torch_scheduler(optimizer)
+
+    # ---------------------------------------------------------------- SWAG posterior (over named tensors)
+    named = swag_tensors(inner, meth.modules_to_swag) if swag_on else {}
+    posterior = None
+    post_device = "cpu" if swag_on and meth.swag_device == "cpu" else accelerator.device
+    last_epoch = int(exp.num_epochs)
+    if swag_on and int(meth.force_save) > 0:
+        last_epoch = int(meth.swag_start) + int(meth.force_save)
+
+    # ---------------------------------------------------------------- resume
+    start_epoch, skip_batches, global_step = 0, 0, 0
+    best = {"accuracy": -1.0, "nll": float("inf"), "epoch": -1}
+    if resume_state is not None:
+        state, posterior = resume_state(inner.trainable_state(), optimizer, scheduler, post_device)
+        start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
+        best = state["best"]
+        _truncate_log(rd, start_epoch)
+        log(f"[swag-lora] resumed from checkpoint: epoch {start_epoch + 1}, batch {skip_batches}, step {global_step}")
+
+    wandb_run = _init_wandb(cfg, rd, accelerator)
+    _Stop.install()
+
+    def collect() -> None:
+        nonlocal posterior
+        with gathered_params(accelerator, model, named) as full:
+            if posterior is None:
+                posterior = SwagPosterior({n: t.shape for n, t in full.items()}, max_rank=int(meth.swag_max_num_models),
+                                          device=post_device)
+            posterior.collect(full)
+
+    def save_state(epoch: int, batches_done: int) -> None:
+        if accelerator.is_main_process:
+            ckpt.save_checkpoint(rd / "checkpoint", trainable=inner.trainable_state(), optimizer=optimizer,
+                                 scheduler=scheduler, posterior=posterior,
+                                 state={"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
+                                        "best": best})
+        accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- epochs
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        model.train()
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+        loss_sum = torch.zeros((), device=accelerator.device)
+        loss_count = 0
+        for batch_idx, batch in enumerate(epoch_loader, start=skip_batches):
+            with accelerator.accumulate(model):
+                labels = batch.pop("labels")
+                logits = model(**batch)
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and float(exp.max_grad_norm) > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), float(exp.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            loss_count += 1
+            if accelerator.sync_gradients:
+                scheduler.step()
+                global_step += 1
+                if swag_on and int(meth.swag_c_steps) > 0:
+                    since = global_step - int(meth.swag_start) * steps_per_epoch
+                    if since > 0 and since % int(meth.swag_c_steps) == 0:
+                        collect()
+                if int(exp.log_every_steps) > 0 and global_step % int(exp.log_every_steps) == 0 and wandb_run:
+                    wandb_run.log({"train/loss_step": float(accelerator.reduce(loss.detach(), "mean")),
+                                   "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+                if int(exp.checkpoint_every_steps) > 0 and global_step % int(exp.checkpoint_every_steps) == 0:
+                    save_state(epoch, batch_idx + 1)
+                if _stop_requested(accelerator):
+                    save_state(epoch, batch_idx + 1)
+                    log(f"[swag-lora] pre-emption signal: checkpoint written at epoch {epoch + 1}, batch {batch_idx + 1}; exiting")
+                    raise SystemExit(SIGNAL_EXIT_CODE)
+        skip_batches = 0
+        train_loss = float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean"))   # mean over processes
+
+        if swag_on and int(meth.swag_c_steps) == 0 and _epoch_due(epoch, meth):
+            collect()
+
+        # validation: MAP weights, and SWA (posterior mean) once collecting
+        row = {"epoch": epoch + 1, "step": global_step, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss}
+        val = _validate(model, feats["validation"], collator, cfg, accelerator)
+        row.update({f"val_{k}": v for k, v in val.items()})
+        if posterior is not None:
+            swa = draw_probs(model, feats["validation"], collator, int(exp.eval_batch_size), "swag", posterior=posterior,
+                             named=named, scale=0.0, accelerator=accelerator)
+            labels = np.array([f["label"] for f in feats["validation"]])
+            row.update({"swa_val_accuracy": M.accuracy(swa[0], labels), "swa_val_nll": M.nll(swa[0], labels),
+                        "swa_val_ece": M.expected_calibration_error(swa[0], labels)})
+            row["num_snapshots"] = posterior.num_snapshots
+        row["epoch_seconds"] = round(time.time() - t0, 2)
+        if (val["accuracy"], -val["nll"]) > (best["accuracy"], -best["nll"]):
+            best = {"accuracy": val["accuracy"], "nll": val["nll"], "epoch": epoch + 1}
+            if accelerator.is_main_process:
+                with atomic_dir(rd / "base_model") as tmp:
+                    inner.save_adapter(tmp)
+        if accelerator.is_main_process:
+            _append_log(rd, row)
+        if wandb_run:
+            wandb_run.log({k.replace("val_", "val/", 1) if k.startswith("val_") else k: v for k, v in row.items()}, step=global_step)
+        log("[swag-lora] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        save_state(epoch + 1, 0)
+
+    # ---------------------------------------------------------------- final saves
+    if posterior is not None and accelerator.is_main_process:
+        _save_swag_model(inner, named, posterior, rd / "swag_model", cfg)
+    if accelerator.is_main_process:
+        info = {"status": "finished", "epochs_trained": last_epoch, "global_step": global_step, "best": best,
+                "num_snapshots": posterior.num_snapshots if posterior else 0, "num_processes": world,
+                "data": splits.source}
+        with atomic_write(rd / RUN_INFO) as tmp:
+            tmp.write_text(json.dumps(info, indent=1))
+    accelerator.wait_for_everyone()
+    if wandb_run:
+        wandb_run.finish()
+    log(f"[swag-lora] finished: {rd}")
+    return rd
+
+
+# ---------------------------------------------------------------- helpers
+def _stop_requested(accelerator) -> bool:
+    if accelerator.num_processes == 1:
+        return _Stop.requested
+    flag = torch.tensor(float(_Stop.requested), device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max") > 0)
+
+
+def _validate(model, feats, collator, cfg, accelerator) -> dict[str, float]:
+    probs = draw_probs(model, feats, collator, int(cfg.experiment.eval_batch_size), "base", accelerator=accelerator)[0]
+    labels = np.array([f["label"] for f in feats])
+    return {"loss": M.nll(probs, labels), "accuracy": M.accuracy(probs, labels), "nll": M.nll(probs, labels),
+            "ece": M.expected_calibration_error(probs, labels)}
+
+
+def _save_swag_model(inner, named, posterior: SwagPosterior, folder: Path, cfg) -> None:
+    """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
+    saved = {n: t.detach().clone() for n, t in named.items()}
+    SwagPosterior.write_(named, posterior.mean())
+    try:
+        with atomic_dir(folder) as tmp:
+            inner.save_adapter(tmp)
+            posterior.save(tmp)
+            (tmp / "swag_config.json").write_text(json.dumps(OmegaConf.to_container(cfg.method), indent=1))
+    finally:
+        SwagPosterior.write_(named, saved)
+
+
+def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
+    """Apply experiment.overwrite / experiment.resume; write config.yaml.  Returns a resume callable or None."""
+    exp = cfg.experiment
+    finished = (rd / RUN_INFO).is_file()
+    has_ckpt = ckpt.has_checkpoint(rd / "checkpoint")
+    if exp.overwrite:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and rd.exists():
+            shutil.rmtree(rd)
+        accelerator.wait_for_everyone()
+        finished = has_ckpt = False
+    elif finished:
+        raise ConfigError(f"run directory {rd} holds a finished run; set experiment.overwrite=true or another experiment.exp_name")
+    elif exp.resume == "must" and not has_ckpt:
+        raise ConfigError(f"experiment.resume=must but {rd / 'checkpoint'} holds no checkpoint")
+    elif exp.resume == "never" and (has_ckpt or rd.exists() and any(rd.iterdir())):
+        raise ConfigError(f"experiment.resume=never but {rd} already holds a run; set experiment.overwrite=true "
+                          f"or experiment.resume=auto")
+    if has_ckpt and exp.resume != "never":
+        old = OmegaConf.load(rd / "config.yaml") if (rd / "config.yaml").is_file() else None
+        if old is not None:
+            _check_same_run(old, cfg)
+
+        def resume(trainable, optimizer, scheduler, post_device):
+            errors = []
+            for folder in (rd / "checkpoint", ckpt.previous_good(rd / "checkpoint")):
+                if not (folder / ckpt.STATE).is_file():
+                    continue
+                try:
+                    return ckpt.load_checkpoint(folder, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
+                                                posterior_device=post_device)
+                except ckpt.CheckpointError as e:
+                    errors.append(str(e))
+                    accelerator.print(f"[swag-lora] WARNING: {e}; trying the previous checkpoint")
+            raise ckpt.CheckpointError("no usable checkpoint: " + " | ".join(errors))
+        return resume
+    if accelerator.is_main_process:
+        rd.mkdir(parents=True, exist_ok=True)
+        with atomic_write(rd / "config.yaml") as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    accelerator.wait_for_everyone()
+    return None
+
+
+RESUME_IGNORES = {"experiment.resume", "experiment.overwrite", "experiment.wandb_mode", "experiment.wandb_path",
+                  "experiment.wandb_group", "experiment.log_every_steps", "experiment.checkpoint_every_steps",
+                  "experiment.data_path", "experiment.model_path", "experiment.offline", "evaluation"}
+
+
+def _check_same_run(old: DictConfig, new: DictConfig) -> None:
+    """A resumed run must train the same thing: compare flattened configs, ignoring paths and logging."""
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            key = f"{prefix}{k}"
+            if key in RESUME_IGNORES or key.split(".")[0] in RESUME_IGNORES:
+                continue
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+    a = flat(OmegaConf.to_container(old, resolve=True))
+    b = flat(OmegaConf.to_container(new, resolve=True))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise ConfigError(f"cannot resume: {diff[0]}={b.get(diff[0])!r} differs from the checkpointed run's "
+                          f"{a.get(diff[0])!r}; set experiment.overwrite=true or another experiment.exp_name")
+
+
+def _append_log(rd: Path, row: dict) -> None:
+    path = rd / "training_log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _truncate_log(rd: Path, epochs_done: int) -> None:
+    """Drop log rows of epochs after the checkpoint (they will be trained again)."""
+    path = rd / "training_log.csv"
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+
+def _init_wandb(cfg: DictConfig, rd: Path, accelerator):
+    exp = cfg.experiment
+    mode = os.environ.get("WANDB_MODE") or exp.wandb_mode
+    if mode == "disabled" or not accelerator.is_main_process:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        accelerator.print("[swag-lora] wandb is not installed; logging to training_log.csv only")
+        return None
+    Path(exp.wandb_path).mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=exp.wandb_project, group=exp.wandb_group, name=rd.name, dir=str(exp.wandb_path),
+                      mode=mode, config=OmegaConf.to_container(cfg, resolve=True), resume="allow",
+                      id=re.sub(r"[^A-Za-z0-9_-]", "_", f"{rd.parent.parent.parent.name}-{rd.name}")[:120])

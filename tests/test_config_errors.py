@@ -1,0 +1,74 @@
+"""Every bad input gives one clear line naming the value and what is allowed, before any model loads."""
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, compose
+
+from swag_lora.config import ConfigError, validate_train
+
+CASES = [
+    (["experiment.task=obqa2"], "unknown experiment.task 'obqa2'; allowed: arc-c"),
+    (["experiment.task=mmlu", "experiment.subtask=anatomyy"], "unknown experiment.subtask 'anatomyy' for task 'mmlu'"),
+    (["experiment.task=mmlu"], "experiment.subtask is required for task 'mmlu'"),
+    (["method.swag_anneal_strategy=cos"], "unknown method.swag_anneal_strategy 'cos'; allowed: constant, linear, cosine, cosine_hard_restarts"),
+    (["method.modules_to_swag=lora"], "unknown method.modules_to_swag 'lora'; allowed: grad_only, lora_only, all"),
+    (["method.swag_start=6", "experiment.num_epochs=6"], "method.swag_start=6 must be in [0, experiment.num_epochs=6)"),
+    (["method.swag_start=8", "method.force_save=5", "experiment.num_epochs=12"], "method.swag_start + method.force_save = 8 + 5 exceeds experiment.num_epochs=12"),
+    (["method.swag_max_num_models=0", "method.swag_cov_mat=false"], "method.swag_max_num_models=0 must be >= 1"),
+    (["method.swag_max_num_models=1"], "method.swag_max_num_models=1 must be >= 2 with method.swag_cov_mat=true"),
+    (["experiment.learning_rate=0"], "experiment.learning_rate=0 must be a positive number"),
+    (["experiment.learning_rate=-1e-4"], "experiment.learning_rate=-0.0001 must be a positive number"),
+    (["experiment.batch_size=0"], "experiment.batch_size=0 must be a positive integer"),
+    (["experiment.num_epochs=-2"], "experiment.num_epochs=-2 must be a positive integer"),
+    (["experiment.task=obqa", "experiment.ood_task=obqa"], "experiment.ood_task='obqa' with ood_subtask='' is the in-distribution task"),
+    (["experiment.task=demo", "experiment.ood_task=demo", "experiment.ood_subtask="], "is the in-distribution task itself"),
+    (["experiment.ood_task=mmlu", "experiment.ood_subtask=chem"], "unknown experiment.ood_subtask 'chem' for task 'mmlu'"),
+    (["experiment.lr_scheduler=step"], "unknown experiment.lr_scheduler 'step'"),
+    (["experiment.task=stsb"], "experiment.task='stsb' is a regression task"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CASES)
+def test_bad_value_is_named(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate_train(compose(*overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_offline_needs_model_and_data_folders(tmp_path):
+    with pytest.raises(ConfigError, match=r"model folder .*Llama-2-7b-hf does not exist"):
+        validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=",
+                               "experiment.offline=true", f"experiment.model_path={tmp_path}"))
+    (tmp_path / "meta-llama" / "Llama-2-7b-hf").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"data folder .*obqa does not exist"):
+        validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=",
+                               "experiment.offline=true", f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}"))
+    (tmp_path / "obqa").mkdir()
+    validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
+                           f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}"))
+
+
+def test_the_verbatim_command_composes_and_validates():
+    cfg = compose("model=llama_7b_hf", "method=swag", "experiment.task=obqa", "method.force_save=5", "method.swag_start=8",
+                  "method.swag_anneal_epochs=5", "method.swag_learning_rate=1e-4", "experiment.learning_rate=6e-4",
+                  "experiment.num_epochs=18", "experiment.batch_size=16")
+    validate_train(cfg)
+    assert cfg.model.model_name == "meta-llama/Llama-2-7b-hf" and cfg.method.force_save == 5
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: llama_3_1_8b, llama_7b_hf"),
+    (["method=swa"], "error: unknown method 'swa'; allowed: map, swag"),
+    (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
+])
+def test_command_line_prints_one_line_and_exits_2(args, message):
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "launch_exp_hydra.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+    assert len(lines) == 1 and lines[0].startswith(message), p.stderr
+    assert "Traceback" not in p.stderr
+    assert time.time() - t0 < 60
