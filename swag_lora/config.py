@@ -105,7 +105,7 @@ def validate_offline(cfg: DictConfig, tasks: list[tuple[str, str]]) -> None:
 def resolve_auto(cfg: DictConfig) -> None:
     """`experiment.ood_task=auto`: the demo task's shifted split for the demo task, no OOD task otherwise."""
     exp = cfg.experiment
-    if exp.get("ood_task") == "auto":
+    if exp.get("ood_task") == "auto" and exp.get("task") is not None:
         with open_dict(cfg):
             demo = exp.task == "demo" and (exp.subtask or "") == ""
             exp.ood_task = "demo" if demo else ""
@@ -197,7 +197,7 @@ def validate_eval(cfg: DictConfig) -> None:
         validate_data_cfg(exp, "task", "subtask")
     if exp.get("ood_task"):
         validate_data_cfg(exp, "ood_task", "ood_subtask")
-    if ev.only_ood and not exp.get("ood_task"):
+    if ev.only_ood and exp.get("ood_task") == "":
         _fail("evaluation.only_ood=true but experiment.ood_task is empty")
 
 

@@ -43,8 +43,8 @@ def tiny_tokenizer(kind: str):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, SHIFTED_TEMPLATES, TEMPLATES, WORDS
-    corpus = [*TEMPLATES, *SHIFTED_TEMPLATES, *MIX_TEMPLATES, *(w for ws in WORDS.values() for w in ws),
+    from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
+    corpus = [*TEMPLATES, *OPENERS, *SHIFTED_TEMPLATES, *MIX_TEMPLATES, *(w for ws in WORDS.values() for w in ws),
               *(w for ws in HELD_OUT.values() for w in ws), "Question: Answer: Choices: Text: What is this sentence about?",
               " ".join(LETTERS), "sports food weather technology yes no the a of to is in"]
     specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]

@@ -124,7 +124,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
         loss.backward()
         return loss
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def apply_temperature(member_probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -29,15 +29,15 @@ def eval_name(record: dict) -> str:
     task = record["task"] + (f"_{record['subtask']}" if record["subtask"] else "")
     s = record["settings"]
     extra = ""
-    if record["method"] in ("dropout", "swag", "multiswag"):
+    if record["label"] in ("dropout", "swag", "multiswag", "dropout+ts", "swag+ts", "multiswag+ts"):
         extra = f"_s{s['num_draws'] // max(s['num_members'], 1)}"
-    if s.get("swag_sample_scale") is not None:
-        extra += f"_scale{s['swag_sample_scale']:g}" + ("" if s.get("swag_cov_mat") else "_diag")
-    if s.get("temperature") is not None:
+        if s.get("swag_sample_scale") is not None:
+            extra += f"_scale{s['swag_sample_scale']:g}" + ("" if s.get("swag_cov_mat") else "_diag")
+    if s.get("temperature") is not None and record["method"] != "temperature":
         extra += "_ts"
     if s.get("num_members", 1) > 1:
         extra += f"_m{s['num_members']}"
-    return f"{record['label']}{extra}_{record['distribution']}_{task}_{record['split']}"
+    return f"{record['label'].replace('+ts', '')}{extra}_{record['distribution']}_{task}_{record['split']}"
 
 
 def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_dir: Path, ece_bins: int = 15) -> Path:

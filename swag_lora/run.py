@@ -49,6 +49,16 @@ def main_train(cfg: DictConfig) -> int:
 
 def main_evaluate(cfg: DictConfig) -> int:
     """`python -m swag_lora.evaluate`: validate, then one evaluation (ID and/or OOD)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+    try:
+        given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    except ValueError:   # not under @hydra.main
+        given = set()
+    with open_dict(cfg):   # task keys not given on the command line come from the evaluated run's config
+        for key in ("task", "subtask", "ood_task", "ood_subtask"):
+            if f"experiment.{key}" not in given:
+                cfg.experiment[key] = None
     try:
         validate_eval(cfg)
         results = evaluate(cfg)
@@ -171,14 +181,16 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
         first = load_run(paths[0], offline=exp.get("offline"))
         runs = [first] + [LoadedRun(p, c, first.tokenizer, first.model, first.named) for p, c in zip(paths[1:], cfgs[1:])]
     train_exp = runs[0].cfg.experiment
-    task = exp.get("task") or train_exp.task
-    subtask = (exp.get("subtask") or "") if exp.get("task") else (train_exp.subtask or "")
+    task = exp.task if exp.get("task") is not None else train_exp.task
+    subtask = (exp.get("subtask") or "") if exp.get("task") is not None else (train_exp.subtask or "")
+    ood_task = exp.ood_task if exp.get("ood_task") is not None else train_exp.get("ood_task") or ""
+    ood_subtask = (exp.get("ood_subtask") or "") if exp.get("ood_task") is not None else train_exp.get("ood_subtask") or ""
     data_exp = OmegaConf.merge(train_exp, {k: exp[k] for k in ("offline", "data_path", "max_eval_samples") if k in exp and exp[k] is not None})
     targets = []
     if not ev.only_ood:
         targets.append(("id", task, subtask, ev.split))
-    if exp.get("ood_task"):
-        targets.append(("ood", exp.ood_task, exp.get("ood_subtask") or "", "test"))
+    if ood_task:
+        targets.append(("ood", ood_task, ood_subtask, "test"))
     batch = {"id": int(exp.get("eval_batch_size") or train_exp.eval_batch_size),
              "ood": int(exp.get("ood_batch_size") or train_exp.ood_batch_size)}
     draw_method = {"ensemble": "base", "temperature": "base"}.get(method, method)

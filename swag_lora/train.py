@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from swag_lora import checkpoint as ckpt
 from swag_lora import metrics as M
@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> Path:
         raise ConfigError(f"experiment.batch_size={exp.batch_size} is the global batch and must divide evenly "
                           f"across {world} processes")
     rd = run_dir(cfg)
+    with open_dict(cfg):
+        cfg.experiment.exp_name = rd.name          # config.yaml records the generated name
     resume_state = _prepare_run_dir(cfg, rd, accelerator)
     set_seed(int(exp.seed))
     log = accelerator.print
@@ -146,12 +148,13 @@ def train(cfg: DictConfig) -> Path:
         last_epoch = int(meth.swag_start) + int(meth.force_save)
 
     # ---------------------------------------------------------------- resume
-    start_epoch, skip_batches, global_step = 0, 0, 0
+    start_epoch, skip_batches, global_step, resumed_loss = 0, 0, 0, (0.0, 0)
     best = {"accuracy": -1.0, "nll": float("inf"), "epoch": -1}
     if resume_state is not None:
         state, posterior = resume_state(inner.trainable_state(), optimizer, scheduler, post_device)
         start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
         best = state["best"]
+        resumed_loss = (state.get("loss_sum", 0.0), state.get("loss_count", 0))
         _truncate_log(rd, start_epoch)
         log(f"[swag-lora] resumed from checkpoint: epoch {start_epoch + 1}, batch {skip_batches}, step {global_step}")
 
@@ -166,22 +169,28 @@ def train(cfg: DictConfig) -> Path:
                                           device=post_device)
             posterior.collect(full)
 
-    def save_state(epoch: int, batches_done: int) -> None:
+    def save_state(epoch: int, batches_done: int, loss_sum=None, loss_count: int = 0) -> None:
+        """Checkpoint; mid-epoch (batches_done > 0) also keeps the epoch's running train loss."""
+        partial = float(accelerator.reduce(loss_sum, "mean")) if batches_done else 0.0
         if accelerator.is_main_process:
             ckpt.save_checkpoint(rd / "checkpoint", trainable=inner.trainable_state(), optimizer=optimizer,
                                  scheduler=scheduler, posterior=posterior,
                                  state={"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
-                                        "best": best})
+                                        "best": best, "loss_sum": partial, "loss_count": loss_count if batches_done else 0})
         accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- epochs
     for epoch in range(start_epoch, last_epoch):
         t0 = time.time()
         sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)        # Accelerate's loader would otherwise count epochs from 0 after a resume
         model.train()
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        loss_sum = torch.zeros((), device=accelerator.device)
-        loss_count = 0
+        if epoch_loader is not loader:
+            epoch_loader.set_epoch(epoch)
+        loss_sum = torch.full((), resumed_loss[0], device=accelerator.device)
+        loss_count = resumed_loss[1]
+        resumed_loss = (0.0, 0)
         for batch_idx, batch in enumerate(epoch_loader, start=skip_batches):
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
@@ -201,13 +210,15 @@ def train(cfg: DictConfig) -> Path:
                     since = global_step - int(meth.swag_start) * steps_per_epoch
                     if since > 0 and since % int(meth.swag_c_steps) == 0:
                         collect()
-                if int(exp.log_every_steps) > 0 and global_step % int(exp.log_every_steps) == 0 and wandb_run:
-                    wandb_run.log({"train/loss_step": float(accelerator.reduce(loss.detach(), "mean")),
-                                   "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+                if int(exp.log_every_steps) > 0 and global_step % int(exp.log_every_steps) == 0:
+                    step_loss = float(accelerator.reduce(loss.detach(), "mean"))   # a collective: every rank
+                    if wandb_run:
+                        wandb_run.log({"train/loss_step": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
                 if int(exp.checkpoint_every_steps) > 0 and global_step % int(exp.checkpoint_every_steps) == 0:
-                    save_state(epoch, batch_idx + 1)
+                    save_state(epoch, batch_idx + 1, loss_sum, loss_count)
+                _fault_injection("SWAG_LORA_TEST_SIGNAL_AT_STEP", global_step, signal.SIGUSR1)
                 if _stop_requested(accelerator):
-                    save_state(epoch, batch_idx + 1)
+                    save_state(epoch, batch_idx + 1, loss_sum, loss_count)
                     log(f"[swag-lora] pre-emption signal: checkpoint written at epoch {epoch + 1}, batch {batch_idx + 1}; exiting")
                     raise SystemExit(SIGNAL_EXIT_CODE)
         skip_batches = 0
@@ -239,6 +250,7 @@ def train(cfg: DictConfig) -> Path:
             wandb_run.log({k.replace("val_", "val/", 1) if k.startswith("val_") else k: v for k, v in row.items()}, step=global_step)
         log("[swag-lora] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         save_state(epoch + 1, 0)
+        _fault_injection("SWAG_LORA_TEST_KILL_AFTER_EPOCH", epoch + 1, signal.SIGKILL)
 
     # ---------------------------------------------------------------- final saves
     if posterior is not None and accelerator.is_main_process:
@@ -257,6 +269,13 @@ def train(cfg: DictConfig) -> Path:
 
 
 # ---------------------------------------------------------------- helpers
+def _fault_injection(var: str, now: int, sig: int) -> None:
+    """For the pre-emption tests: send this process `sig` when the counter reaches $var (unset: never)."""
+    at = os.environ.get(var)
+    if at and int(at) == now:
+        os.kill(os.getpid(), sig)
+
+
 def _stop_requested(accelerator) -> bool:
     if accelerator.num_processes == 1:
         return _Stop.requested

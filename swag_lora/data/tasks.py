@@ -99,8 +99,9 @@ class Task:
         return subtask if (subtask and self.subtasks) else self.hub_config
 
     def dir_name(self, subtask: str) -> str:
-        """Folder name under `data_path`: `<task>` or `<task>_<subtask>`."""
-        return f"{self.name}_{subtask}" if subtask else self.name
+        """Folder name under `data_path`: `<task>_<subtask>` where the subtask picks a hub config (an MMLU
+        subject or group, a WinoGrande size), else `<task>` (MNLI's matched/mismatched are splits of one folder)."""
+        return f"{self.name}_{subtask}" if subtask and self.subtasks else self.name
 
     def split_names(self, subtask: str) -> dict[str, str | None]:
         if self.name == "mnli" and subtask == "mismatched":

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=swag-lora-eval-dropout
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=02:00:00
+#SBATCH --output=logs/%x-%j.out
+# Evaluate MC dropout: the MAP adapter with dropout on, NUM_SAMPLES passes,
+# in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
+#   bash evaluate/evaluate_dropout.bash      # here, without Slurm
+#   sbatch evaluate/evaluate_dropout.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
+# Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_dropout.bash
+# Extra arguments are passed on as Hydra overrides.
+set -euo pipefail
+MODEL_PATH="${MODEL_PATH:-}"        # a run directory: <save_folder>/<task>/<model>/<method>/<exp_name>
+TASK="${TASK:-}"
+SUBTASK="${SUBTASK:-}"
+OOD_TASK="${OOD_TASK:-}"
+OOD_SUBTASK="${OOD_SUBTASK:-}"
+OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
+NUM_SAMPLES="${NUM_SAMPLES:-10}"
+SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-0.5}"
+SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
+ONLY_OOD="${ONLY_OOD:-false}"
+SEED="${SEED:-0}"
+TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
+OFFLINE="${OFFLINE:-false}"
+DATA_PATH="${DATA_PATH:-}"
+
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
+source scripts/eval_args.sh
+[[ -n "$MODEL_PATH" ]] || { echo "error: set MODEL_PATH to a run directory" >&2; exit 2; }
+"$PYTHON" -m swag_lora.evaluate evaluation.eval_method=dropout evaluation.eval_model_path="$MODEL_PATH" "${EVAL_ARGS[@]}" "$@"

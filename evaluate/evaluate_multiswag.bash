@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=swag-lora-eval-multiswag
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=02:00:00
+#SBATCH --output=logs/%x-%j.out
+# Evaluate MultiSWAG: NUM_SAMPLES samples from each run's posterior (MultiSWA: SWAG_SAMPLE_SCALE=0.0 NUM_SAMPLES=1),
+# in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
+#   bash evaluate/evaluate_multiswag.bash      # here, without Slurm
+#   sbatch evaluate/evaluate_multiswag.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
+# Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_multiswag.bash
+# Extra arguments are passed on as Hydra overrides.
+set -euo pipefail
+PATHS="${PATHS:-}"                  # space-separated run directories (ensemble members)
+TASK="${TASK:-}"
+SUBTASK="${SUBTASK:-}"
+OOD_TASK="${OOD_TASK:-}"
+OOD_SUBTASK="${OOD_SUBTASK:-}"
+OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
+NUM_SAMPLES="${NUM_SAMPLES:-10}"
+SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-0.5}"
+SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
+ONLY_OOD="${ONLY_OOD:-false}"
+SEED="${SEED:-0}"
+TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
+OFFLINE="${OFFLINE:-false}"
+DATA_PATH="${DATA_PATH:-}"
+
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
+source scripts/eval_args.sh
+[[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
+read -r -a MEMBERS <<< "$PATHS"
+LIST=$(printf '"%s",' "${MEMBERS[@]}")
+"$PYTHON" -m swag_lora.evaluate evaluation.eval_method=multiswag "evaluation.eval_model_paths=[${LIST%,}]" "${EVAL_ARGS[@]}" "$@"

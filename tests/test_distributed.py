@@ -1,0 +1,50 @@
+"""Real 2-process DDP on CPU (gloo): the posterior equals the single-process one with the same global
+batch, logged losses are means (not sums) over processes, and both ranks use one run directory."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, TINY
+from safetensors.torch import load_file
+
+ARGS = [*TINY, "model=tiny_llama", "experiment.lora_dropout=0", "experiment.num_epochs=3", "method.swag_start=1",
+        "method.swag_c_steps=2", "method.swag_max_num_models=4", "experiment.evaluate_after_training=false"]
+
+
+def _env():
+    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    return e
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate command is not on PATH")
+def test_two_process_ddp_equals_single_process(tmp_path):
+    single = subprocess.run([sys.executable, "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={tmp_path / 'one'}"],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+                          "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={tmp_path / 'two'}"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 process(es)" in ddp.stdout
+    dirs = [p.parent for p in (tmp_path / "two").rglob("config.yaml")]
+    assert len(dirs) == 1, dirs                      # every rank wrote to the same run directory
+    one = next(p.parent for p in (tmp_path / "one").rglob("config.yaml"))
+    assert dirs[0].relative_to(tmp_path / "two") == one.relative_to(tmp_path / "one")
+    a = load_file(str(one / "swag_model" / "swag_posterior.safetensors"))
+    b = load_file(str(dirs[0] / "swag_model" / "swag_posterior.safetensors"))
+    assert a["mean"].numel() > 1000
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    la = list(csv.DictReader(open(one / "training_log.csv")))
+    lb = list(csv.DictReader(open(dirs[0] / "training_log.csv")))
+    for ra, rb in zip(la, lb, strict=True):
+        assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=1e-4)   # a mean, not a sum
+        assert float(rb["val_accuracy"]) == pytest.approx(float(ra["val_accuracy"]))
+        assert float(rb["val_nll"]) == pytest.approx(float(ra["val_nll"]), rel=1e-4)         # every row once

@@ -1,0 +1,175 @@
+"""Evaluation: BMA averaging, SWA = posterior mean, member checks, temperature scaling, the bash
+scripts end to end on a tiny model, and the report across seeds."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, compose
+
+from swag_lora import metrics as M
+from swag_lora.predict import apply_temperature, draw_probs, fit_temperature, predict_probs
+from swag_lora.swag import SwagPosterior
+
+RUN_ARGS = ("model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.swag_c_steps=2",
+            "method.swag_max_num_models=4")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny SWAG runs that differ only in their seed."""
+    from swag_lora.config import validate_train
+    from swag_lora.train import train
+    root = tmp_path_factory.mktemp("runs")
+    out = []
+    for seed in (0, 1):
+        cfg = compose(*TINY, *RUN_ARGS, f"experiment.save_folder={root}", "experiment.evaluate_after_training=false",
+                      f"experiment.seed={seed}")
+        validate_train(cfg)
+        out.append(train(cfg))
+    return out
+
+
+def _loaded(rd):
+    from swag_lora.data import get_task, load_splits
+    from swag_lora.data.encode import Collator, encode
+    from swag_lora.run import load_run
+    run = load_run(rd, device="cpu")
+    rows = load_splits("demo", roles=("test",)).test[:40]
+    feats = encode(rows, run.tokenizer, run.model.kind, get_task("demo"), 64)
+    return run, feats, Collator(run.tokenizer.pad_token_id, run.model.kind, 4, run.tokenizer.padding_side)
+
+
+def test_swag_bma_is_mean_of_sample_probabilities_and_restores_weights(runs):
+    run, feats, coll = _loaded(runs[0])
+    run.model.load_adapter(runs[0] / "swag_model")
+    post = SwagPosterior.load(runs[0] / "swag_model")
+    before = {n: t.detach().clone() for n, t in run.named.items()}
+    members = draw_probs(run.model, feats, coll, 16, "swag", posterior=post, named=run.named, num_samples=3,
+                         scale=0.5, seed=7)
+    # the same three samples by hand, in order, from the same generator
+    g = torch.Generator().manual_seed(7)
+    manual = []
+    for _ in range(3):
+        SwagPosterior.write_(run.named, post.sample(0.5, generator=g))
+        run.model.eval()
+        manual.append(predict_probs(run.model, feats, coll, 5, sort_by_length=False))
+    SwagPosterior.write_(run.named, before)
+    np.testing.assert_allclose(members, np.stack(manual), atol=1e-5)
+    assert not np.allclose(members[0], members[1])
+    for n, t in run.named.items():
+        torch.testing.assert_close(t, before[n])
+    probs = members.mean(0)
+    labels = np.array([f["label"] for f in feats])
+    assert M.classification_metrics(members, labels)["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+
+
+def test_swa_scale_zero_equals_posterior_mean_predictions(runs):
+    run, feats, coll = _loaded(runs[0])
+    post = SwagPosterior.load(runs[0] / "swag_model")
+    run.model.load_adapter(runs[0] / "base_model")     # start from other weights on purpose
+    swa = draw_probs(run.model, feats, coll, 16, "swag", posterior=post, named=run.named, num_samples=5, scale=0.0)
+    assert swa.shape[0] == 1
+    SwagPosterior.write_(run.named, post.mean())
+    run.model.eval()
+    np.testing.assert_allclose(swa[0], predict_probs(run.model, feats, coll, 16), atol=1e-6)
+
+
+def test_length_sorted_batches_score_every_row_once(runs):
+    run, feats, coll = _loaded(runs[0])
+    run.model.eval()
+    a = predict_probs(run.model, feats, coll, 7, sort_by_length=True)
+    b = predict_probs(run.model, feats, coll, 40, sort_by_length=False)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_temperature_fit_matches_grid_search():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 3)) * 4
+    labels = np.array([rng.choice(3, p=np.exp(l / 4) / np.exp(l / 4).sum()) for l in logits])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    t = fit_temperature(probs, labels)
+    grid = np.linspace(0.5, 8, 1501)
+    nlls = [M.nll(apply_temperature(probs[None], g)[0], labels) for g in grid]
+    assert t == pytest.approx(grid[int(np.argmin(nlls))], abs=0.01)
+    assert 3 < t < 5
+
+
+def test_members_must_agree(runs, tmp_path):
+    from swag_lora.config import ConfigError
+    from swag_lora.run import check_members
+    from omegaconf import OmegaConf
+    a = OmegaConf.load(runs[0] / "config.yaml")
+    b = OmegaConf.load(runs[0] / "config.yaml")
+    b.experiment.task = "sst2"
+    with pytest.raises(ConfigError, match="ensemble members disagree on task: 'demo' \\(member 0\\) vs 'sst2' \\(member 1\\)"):
+        check_members([a, b], "ensemble")
+    c = OmegaConf.load(runs[0] / "config.yaml")
+    c.method.method_name = "map"
+    with pytest.raises(ConfigError, match="multiswag member 1 was trained with method=map"):
+        check_members([a, c], "multiswag")
+
+
+def _script(name, env, *args):
+    e = {**os.environ, **env, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    e.pop("SLURM_JOB_ID", None)
+    return subprocess.run(["bash", f"evaluate/{name}", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
+
+
+def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
+    out = tmp_path / "eval"
+    common = {"NUM_SAMPLES": "2", "OOD_TASK": "demo", "OOD_SUBTASK": "shifted"}
+    extra = [f"evaluation.output_dir={out}", "experiment.max_eval_samples=40"]
+    for name, env in [("evaluate_base.bash", {"MODEL_PATH": str(runs[0])}),
+                      ("evaluate_dropout.bash", {"MODEL_PATH": str(runs[0])}),
+                      ("evaluate_swag.bash", {"MODEL_PATH": str(runs[0])}),
+                      ("evaluate_swag.bash", {"MODEL_PATH": str(runs[0]), "NUM_SAMPLES": "1", "SWAG_SAMPLE_SCALE": "0.0"}),
+                      ("evaluate_ensemble.bash", {"PATHS": f"{runs[0]} {runs[1]}"}),
+                      ("evaluate_multiswag.bash", {"PATHS": f"{runs[0]} {runs[1]}"})]:
+        p = _script(name, {**common, **env}, *extra)
+        assert p.returncode == 0, p.stderr[-2000:]
+    names = sorted(f.name for f in out.glob("*.json"))
+    assert "swa_id_demo_test.json" in names and "multiswag_s2_scale0.5_m2_ood_demo_shifted_test.json" in names
+    rec = json.loads((out / "ensemble_m2_ood_demo_shifted_test.json").read_text())
+    assert rec["settings"]["num_draws"] == 2 and rec["num_examples"] == 40
+    assert rec["metrics"]["mutual_information"] > 0        # an ensemble's MI is not 0
+    for key in ("accuracy", "nll", "brier", "ece", "ece_10", "ece_20", "entropy", "mutual_information", "disagreement",
+                "auroc_max_prob", "aupr_in_entropy", "aupr_out_mutual_information"):
+        assert key in rec["metrics"], key
+    npz = np.load(out / "ensemble_m2_ood_demo_shifted_test.npz")
+    assert npz["probs"].shape == (40, 4) and npz["labels"].shape == (40,)
+    assert M.accuracy(npz["probs"].astype(float), npz["labels"]) == pytest.approx(rec["metrics"]["accuracy"])
+    assert (out / "ensemble_m2_ood_demo_shifted_test.png").stat().st_size > 1000
+    # missing MODEL_PATH: a clear one-line error
+    p = _script("evaluate_swag.bash", {})
+    assert p.returncode == 2 and "set MODEL_PATH" in p.stderr
+
+
+def test_report_groups_seeds_with_paired_differences(runs, tmp_path):
+    from swag_lora.report import build_report
+    from swag_lora.run import evaluate
+    for rd in runs:
+        for method, scale in (("base", 0.5), ("swag", 0.5)):
+            cfg = compose(f"evaluation.eval_method={method}", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=2",
+                          f"evaluation.swag_sample_scale={scale}", "experiment.max_eval_samples=40")
+            from omegaconf import open_dict
+            with open_dict(cfg):
+                cfg.experiment.ood_task = None
+                cfg.experiment.ood_subtask = None
+            evaluate(cfg)
+    md = build_report([str(r) for r in runs], str(tmp_path / "report"))
+    rows = [line for line in md.splitlines() if line.startswith("| id |")]
+    assert len(rows) == 2
+    swag_row = next(r for r in rows if "| swag |" in r)
+    assert "| 2 |" in swag_row and "±" in swag_row and "(n=2)" in swag_row
+    # the paired difference equals the mean of per-seed differences
+    recs = {}
+    for rd in runs:
+        for f in (rd / "eval").glob("*_id_demo_test.json"):
+            r = json.loads(f.read_text())
+            recs[(r["label"], r["train_seeds"][0])] = r["metrics"]["nll"]
+    d = np.mean([recs[("swag", s)] - recs[("map", s)] for s in (0, 1)])
+    assert f"{d:.4f}" in swag_row
+    assert (tmp_path / "report.csv").is_file() and (tmp_path / "report.png").is_file()

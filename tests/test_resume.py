@@ -1,0 +1,103 @@
+"""Pre-emption: a run killed (SIGKILL) or signalled (SIGUSR1) and resumed with the same command ends with
+the same posterior and adapter as an uninterrupted run; corrupt checkpoints fall back or fail clearly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, TINY
+from safetensors.torch import load_file
+
+ARGS = [*TINY, "model=tiny_roberta", "experiment.num_epochs=4", "method.swag_start=1", "method.swag_max_num_models=3",
+        "experiment.evaluate_after_training=false"]
+
+
+def launch(save, *extra, env=None):
+    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={save}", *extra],
+                          cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+
+
+def run_dir(save):
+    dirs = [p.parent for p in save.rglob("config.yaml")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def assert_same_result(a, b):
+    pa, pb = load_file(str(a / "swag_model" / "swag_posterior.safetensors")), load_file(str(b / "swag_model" / "swag_posterior.safetensors"))
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-5, atol=1e-6)
+    assert json.loads((a / "swag_model" / "swag_posterior.json").read_text()) == json.loads((b / "swag_model" / "swag_posterior.json").read_text())
+    wa, wb = load_file(str(a / "checkpoint" / "trainable.safetensors")), load_file(str(b / "checkpoint" / "trainable.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    la = (a / "training_log.csv").read_text().splitlines()
+    lb = (b / "training_log.csv").read_text().splitlines()
+    assert [r.split(",")[:8] for r in la] == [r.split(",")[:8] for r in lb]   # same losses and metrics per epoch
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    save = tmp_path_factory.mktemp("ref")
+    p = launch(save)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return run_dir(save)
+
+
+def test_sigkill_after_a_snapshot_then_resume_equals_uninterrupted(reference, tmp_path):
+    p = launch(tmp_path, env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "3"})
+    assert p.returncode == -9, p.stderr[-2000:]
+    rd = run_dir(tmp_path)
+    state = json.loads((rd / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 3 and state["has_posterior"]
+    assert not (rd / "swag_model").exists()
+    p = launch(tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from checkpoint: epoch 4" in p.stdout
+    assert_same_result(reference, rd)
+
+
+def test_signal_mid_epoch_checkpoints_exits_99_and_resumes_exactly(reference, tmp_path):
+    # 48 rows / batch 8 = 6 steps per epoch: step 15 is in the middle of epoch 3
+    p = launch(tmp_path, env={"SWAG_LORA_TEST_SIGNAL_AT_STEP": "15"})
+    assert p.returncode == 99, p.stderr[-2000:]
+    rd = run_dir(tmp_path)
+    state = json.loads((rd / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (2, 3, 15)
+    p = launch(tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from checkpoint: epoch 3, batch 3, step 15" in p.stdout
+    assert_same_result(reference, rd)
+
+
+def test_corrupt_checkpoint_falls_back_to_previous_then_fails_clearly(reference, tmp_path):
+    p = launch(tmp_path, env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "3"})
+    rd = run_dir(tmp_path)
+    with open(rd / "checkpoint" / "trainable.safetensors", "r+b") as f:   # truncate: a torn write
+        f.truncate(10)
+    p = launch(tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "is unreadable" in p.stdout and "trying the previous checkpoint" in p.stdout
+    assert "resumed from checkpoint: epoch 3" in p.stdout      # the previous good one (end of epoch 2) was used
+    assert_same_result(reference, rd)
+
+    other = tmp_path / "both"
+    launch(other, env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "3"})
+    rd = run_dir(other)
+    for folder in ("checkpoint", "checkpoint.prev"):
+        (rd / folder / "state.json").write_text("{not json")
+    p = launch(other)
+    assert p.returncode != 0
+    assert "no usable checkpoint" in p.stderr
+
+
+def test_resume_must_without_checkpoint_and_changed_config(tmp_path):
+    p = launch(tmp_path, "experiment.resume=must")
+    assert p.returncode == 2 and "experiment.resume=must but" in p.stderr
+    launch(tmp_path / "x", env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"})
+    p = launch(tmp_path / "x", "experiment.learning_rate=0.01", "experiment.exp_name=" + run_dir(tmp_path / "x").name)
+    assert p.returncode == 2 and "cannot resume: experiment.learning_rate=0.01 differs" in p.stderr

@@ -1,0 +1,94 @@
+"""End-to-end training runs on tiny models: the run directory is the contract with evaluation."""
+import csv
+import json
+
+import pytest
+import torch
+from conftest import TINY, compose
+
+from swag_lora.swag import SwagPosterior
+
+
+def train_run(tmp_path, *overrides):
+    from swag_lora.config import validate_train
+    from swag_lora.train import train
+    cfg = compose(*TINY, f"experiment.save_folder={tmp_path}", "experiment.evaluate_after_training=false", *overrides)
+    validate_train(cfg)
+    return train(cfg), cfg
+
+
+@pytest.mark.parametrize("model,task", [("tiny_llama", "demo"), ("tiny_roberta", "demo")])
+def test_run_directory_contents(tmp_path, model, task):
+    rd, cfg = train_run(tmp_path, f"model={model}", "experiment.num_epochs=3", "method.swag_start=1",
+                        "method.swag_max_num_models=3")
+    assert rd == tmp_path / task / model / "swag" / rd.name and rd.name.endswith("_seed0")
+    for f in ("config.yaml", "training_log.csv", "run_info.json", "base_model/adapter_model.safetensors",
+              "base_model/adapter_config.json", "swag_model/adapter_model.safetensors",
+              "swag_model/swag_posterior.safetensors", "swag_model/swag_posterior.json"):
+        assert (rd / f).is_file(), f
+    rows = list(csv.DictReader(open(rd / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert rows[0]["swa_val_accuracy"] == "" and rows[2]["num_snapshots"] == "2"
+    meta = json.loads((rd / "swag_model" / "swag_posterior.json").read_text())
+    assert meta["num_snapshots"] == 2 and meta["rank"] == 2
+    # only the SWAG'd tensors are stored, never the base model
+    post = SwagPosterior.load(rd / "swag_model")
+    assert all("lora_" in n or "head" in n or "classifier" in n for n in post.shapes)
+    assert post.num_params < 20_000
+    # the adapter in swag_model/ is the posterior mean
+    from swag_lora.run import load_run
+    run = load_run(rd, device="cpu")
+    run.model.load_adapter(rd / "swag_model")
+    for name, mu in post.mean().items():
+        torch.testing.assert_close(run.named[name].detach(), mu)
+
+
+def test_base_model_loads_with_peft(tmp_path):
+    from peft import PeftModel
+
+    from swag_lora.model import load_base_model, load_tokenizer
+    rd, cfg = train_run(tmp_path, "model=tiny_llama", "experiment.num_epochs=2", "method.swag_start=1",
+                        "method.swag_max_num_models=2")
+    tok = load_tokenizer(cfg.model, "")
+    base = load_base_model(cfg.model, "", "causal", 1, len(tok))
+    peft_model = PeftModel.from_pretrained(base, str(rd / "base_model"))
+    names = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
+    assert names, "LoRA weights were loaded"
+    assert (rd / "base_model" / "letter_head.safetensors").is_file()
+
+
+def test_encoder_multiple_choice_on_real_obqa(tmp_path, shared_data):
+    from swag_lora.data.raw import raw_datasetdict
+    raw_datasetdict("obqa", shared_data / "obqa").save_to_disk(str(tmp_path / "data" / "obqa"))
+    rd, cfg = train_run(tmp_path, "model=tiny_roberta", "experiment.task=obqa", "experiment.offline=true",
+                        f"experiment.data_path={tmp_path / 'data'}", "experiment.num_epochs=2", "method.swag_start=1",
+                        "method.swag_max_num_models=2", "method.swag_c_steps=2", "method.modules_to_swag=lora_only")
+    info = json.loads((rd / "run_info.json").read_text())
+    assert info["num_snapshots"] == 3          # 6 steps/epoch from step 6: collections at steps 8, 10, 12
+    assert info["data"]["sizes"] == {"train": 4957, "validation": 500, "test": 500}
+    post = SwagPosterior.load(rd / "swag_model")
+    assert all("lora_" in n for n in post.shapes)
+
+
+def test_force_save_stops_early_and_lr_follows_schedule(tmp_path):
+    rd, cfg = train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=5", "method.swag_start=1",
+                        "method.force_save=2", "method.swag_max_num_models=2", "method.swag_anneal_strategy=constant",
+                        "method.swag_learning_rate=3e-4")
+    rows = list(csv.DictReader(open(rd / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]       # stopped swag_start + force_save = 3 epochs in
+    assert float(rows[-1]["lr"]) == pytest.approx(3e-4)
+
+
+def test_overwrite_false_refuses_finished_run(tmp_path):
+    from swag_lora.config import ConfigError
+    train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2")
+    with pytest.raises(ConfigError, match="holds a finished run; set experiment.overwrite=true"):
+        train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2")
+    train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2",
+              "experiment.overwrite=true")
+
+
+def test_map_method_has_no_posterior(tmp_path):
+    rd, _ = train_run(tmp_path, "model=tiny_roberta", "method=map", "experiment.num_epochs=2")
+    assert (rd / "base_model").is_dir() and not (rd / "swag_model").exists()
+    assert rd.parent.name == "map"
