@@ -22,6 +22,7 @@ from swag_lora import metrics as M
 from swag_lora.io import atomic_write
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
+METHOD_ORDER = ("map", "temperature", "dropout", "swa", "swag", "ensemble", "multiswa", "multiswag")
 HIGHER_IS_BETTER = {"accuracy", "mcc"} | {m for m in ("auroc", "aupr_in", "aupr_out")}
 
 
@@ -69,8 +70,9 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
         width = 1.0 / n_bins
         ax = axes[0, j]
         ax.bar(centers, b["accuracy"], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
-        ax.bar(centers, b["confidence"] - b["accuracy"], bottom=b["accuracy"], width=width, color="#dd8452",
-               alpha=0.5, edgecolor="#dd8452", label="gap")
+        has = b["count"] > 0
+        ax.bar(centers[has], np.abs(b["confidence"] - b["accuracy"])[has], bottom=np.minimum(b["confidence"], b["accuracy"])[has],
+               width=width, color="#dd8452", alpha=0.45, edgecolor="#c44e52", hatch="//", label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ece = M.expected_calibration_error(probs, labels, n_bins)
         ax.set_title(f"{label}\nacc {M.accuracy(probs, labels):.3f}  ECE {ece:.3f}", fontsize=9)
@@ -111,8 +113,9 @@ def print_summary(results: list[dict], eval_dir: Path | None) -> str:
                     d = np.load(Path(eval_dir) / f"{r['name']}.npz")
                     entries.append((r["label"], d["probs"].astype(np.float64), d["labels"]))
             if entries:
+                r0 = next(r for r in results if r["distribution"] == dist)
                 reliability_diagram(entries, Path(eval_dir) / f"reliability_{dist}.png",
-                                    title=f"{dist.upper()}: {entries and results[0]['task']}" if dist == "id" else "OOD")
+                                    title=f"{dist.upper()}: {r0['task']} {r0['subtask']} ({r0['split']}, {r0['num_examples']} rows)")
         print(f"[swag-lora] evaluation written to {eval_dir} (summary.md, reliability_id.png, reliability_ood.png)")
     return table
 
@@ -149,7 +152,9 @@ def aggregate(records: list[dict], metrics: tuple[str, ...] = TABLE_METRICS) -> 
             for r in rs:
                 map_by_seed[(key[0], key[1], key[2], key[3], key[8], tuple(r["train_seeds"]))] = r
     rows = []
-    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][8], kv[0][5])):
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][8],
+                                                          order.get(kv[0][5].replace("+ts", ""), 99), kv[0][5])):
         row = {"distribution": key[0], "task": key[1] + (f"/{key[2]}" if key[2] else ""), "split": key[3], "model": key[4],
                "method": key[5], "n": len(rs), "settings": key[7], "runs": key[8]}
         for m in metrics:

@@ -47,6 +47,10 @@ def main_train(cfg: DictConfig) -> int:
     return 0
 
 
+FROM_RUN = ("task", "subtask", "ood_task", "ood_subtask", "offline", "data_path", "model_path", "max_eval_samples",
+            "eval_batch_size", "ood_batch_size")
+
+
 def main_evaluate(cfg: DictConfig) -> int:
     """`python -m swag_lora.evaluate`: validate, then one evaluation (ID and/or OOD)."""
     from hydra.core.hydra_config import HydraConfig
@@ -55,8 +59,8 @@ def main_evaluate(cfg: DictConfig) -> int:
         given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
     except ValueError:   # not under @hydra.main
         given = set()
-    with open_dict(cfg):   # task keys not given on the command line come from the evaluated run's config
-        for key in ("task", "subtask", "ood_task", "ood_subtask"):
+    with open_dict(cfg):   # experiment keys not given on the command line come from the evaluated run's config
+        for key in FROM_RUN:
             if f"experiment.{key}" not in given:
                 cfg.experiment[key] = None
     try:
@@ -79,8 +83,9 @@ class LoadedRun:
     named: dict = field(default_factory=dict)
 
 
-def load_run(run_dir: Path, device=None, offline: bool | None = None) -> LoadedRun:
-    """Rebuild the run's model (base + LoRA + head) from its config.yaml; no adapter loaded yet."""
+def load_run(run_dir: Path, device=None, offline: bool | None = None, model_path: str | None = None) -> LoadedRun:
+    """Rebuild the run's model (base + LoRA + head) from its config.yaml; no adapter loaded yet.
+    `offline` / `model_path` override the run's own settings (a run evaluated on another machine)."""
     import torch
 
     from swag_lora.data import get_task
@@ -88,7 +93,7 @@ def load_run(run_dir: Path, device=None, offline: bool | None = None) -> LoadedR
     cfg = OmegaConf.load(run_dir / "config.yaml")
     exp = cfg.experiment
     off = exp.offline if offline is None else offline
-    source = model_source(cfg.model, off, exp.model_path)
+    source = model_source(cfg.model, off, model_path or exp.model_path)
     tok = load_tokenizer(cfg.model, source)
     model = build_model(cfg.model, exp, get_task(exp.task), tok, source)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -171,21 +176,22 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
     method = ev.eval_method
     multi = method in ("ensemble", "multiswag")
     paths = [find_run_dir(p) for p in (ev.eval_model_paths if multi else [ev.eval_model_path])]
-    if exp.get("offline"):
+    cfgs = [OmegaConf.load(p / "config.yaml") for p in paths]
+    if exp.get("offline") or (exp.get("offline") is None and cfgs[0].experiment.offline):
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             os.environ[var] = "1"
-    cfgs = [OmegaConf.load(p / "config.yaml") for p in paths]
     if multi:
         check_members(cfgs, method)
     if runs is None:
-        first = load_run(paths[0], offline=exp.get("offline"))
+        first = load_run(paths[0], offline=exp.get("offline"), model_path=exp.get("model_path"))
         runs = [first] + [LoadedRun(p, c, first.tokenizer, first.model, first.named) for p, c in zip(paths[1:], cfgs[1:])]
     train_exp = runs[0].cfg.experiment
     task = exp.task if exp.get("task") is not None else train_exp.task
     subtask = (exp.get("subtask") or "") if exp.get("task") is not None else (train_exp.subtask or "")
     ood_task = exp.ood_task if exp.get("ood_task") is not None else train_exp.get("ood_task") or ""
     ood_subtask = (exp.get("ood_subtask") or "") if exp.get("ood_task") is not None else train_exp.get("ood_subtask") or ""
-    data_exp = OmegaConf.merge(train_exp, {k: exp[k] for k in ("offline", "data_path", "max_eval_samples") if k in exp and exp[k] is not None})
+    data_exp = OmegaConf.merge(train_exp, {k: exp[k] for k in ("offline", "data_path", "max_eval_samples")
+                                           if exp.get(k) is not None})
     targets = []
     if not ev.only_ood:
         targets.append(("id", task, subtask, ev.split))

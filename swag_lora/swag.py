@@ -58,6 +58,7 @@ class SwagPosterior:
         self._mean = torch.zeros(self.num_params, dtype=torch.float32, device=device)
         self._sq_mean = torch.zeros_like(self._mean)
         self._dev = torch.zeros(self.max_rank, self.num_params, dtype=torch.float32, device=device)
+        self._std: torch.Tensor | None = None   # sqrt of the clamped variance, cached between collects
         self.num_snapshots = 0   # n: snapshots averaged into mean and second moment
         self.rank = 0            # deviation columns held, <= max_rank
         self._next_col = 0       # ring-buffer write position
@@ -69,31 +70,35 @@ class SwagPosterior:
         return cls({n: t.shape for n, t in named.items()}, **kwargs)
 
     # ------------------------------------------------------------------ fit
-    def _flatten(self, named: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _flatten_into(self, named: Mapping[str, torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
         missing = [n for n in self.shapes if n not in named]
         if missing:
             raise KeyError(f"tensors missing from the snapshot: {missing[:5]}")
-        flat = torch.empty_like(self._mean)
+        for name, shape in self.shapes.items():   # check everything before writing anything
+            if named[name].shape != shape:
+                raise ValueError(f"tensor {name!r} has shape {tuple(named[name].shape)}, posterior expects {tuple(shape)}")
         offset = 0
-        for (name, shape), numel in zip(self.shapes.items(), self.numels):
-            t = named[name]
-            if t.shape != shape:
-                raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, posterior expects {tuple(shape)}")
-            flat[offset:offset + numel].copy_(t.detach().reshape(-1))
+        for name, numel in zip(self.shapes, self.numels):
+            flat[offset:offset + numel].copy_(named[name].detach().reshape(-1))
             offset += numel
         return flat
 
     @torch.no_grad()
     def collect(self, named: Mapping[str, torch.Tensor]) -> None:
-        """Add one snapshot: update the running moments and write its deviation column."""
-        theta = self._flatten(named)
-        n = self.num_snapshots
-        self._mean.mul_(n / (n + 1)).add_(theta, alpha=1 / (n + 1))
-        self._sq_mean.mul_(n / (n + 1)).addcmul_(theta, theta, value=1 / (n + 1))
-        torch.sub(theta, self._mean, out=self._dev[self._next_col])
+        """Add one snapshot: update the running moments and write its deviation column.
+
+        Five passes over P floats and no temporaries: the snapshot is staged in the deviation column it
+        will end up in (copy, lerp the mean, two for the second moment, subtract the new mean)."""
+        col = self._dev[self._next_col]
+        theta = self._flatten_into(named, col)
+        w = 1.0 / (self.num_snapshots + 1)
+        self._mean.lerp_(theta, w)
+        self._sq_mean.mul_(1.0 - w).addcmul_(theta, theta, value=w)
+        col.sub_(self._mean)
         self._next_col = (self._next_col + 1) % self.max_rank
         self.rank = min(self.rank + 1, self.max_rank)
-        self.num_snapshots = n + 1
+        self.num_snapshots += 1
+        self._std = None
 
     # ------------------------------------------------------------------ moments
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -101,6 +106,11 @@ class SwagPosterior:
 
     def flat_variance(self) -> torch.Tensor:
         return (self._sq_mean - self._mean.square()).clamp_(min=self.var_clamp)
+
+    def _flat_std(self) -> torch.Tensor:
+        if self._std is None:
+            self._std = self.flat_variance().sqrt_()
+        return self._std
 
     def mean(self) -> dict[str, torch.Tensor]:
         """The SWA solution: name -> running mean (views into the buffer; copy before editing)."""
@@ -135,12 +145,15 @@ class SwagPosterior:
             raise ValueError(f"scale must be >= 0, got {scale}")
         if scale == 0:
             return self._unflatten(self._mean.clone())
-        z1 = torch.randn(self.num_params, generator=generator, device=self._mean.device)
-        theta = z1.mul_(self.flat_variance().sqrt_())
+        root = math.sqrt(scale)
+        theta = torch.randn(self.num_params, generator=generator, device=self._mean.device)   # z1
+        z2 = None
         if cov and self.rank >= 2:
             z2 = torch.randn(self.rank, generator=generator, device=self._mean.device)
-            theta.addmv_(self._dev[: self.rank].T, z2, alpha=1 / math.sqrt(self.rank - 1))
-        theta.mul_(math.sqrt(scale)).add_(self._mean)
+        # theta = mu + sqrt(s) * sigma * z1: one fused pass, in place
+        torch.addcmul(self._mean, theta, self._flat_std(), value=root, out=theta)
+        if z2 is not None:   # + sqrt(s) * D^T z2 / sqrt(K - 1): one pass over the K x P deviations
+            theta.addmv_(self._dev[: self.rank].T, z2, alpha=root / math.sqrt(self.rank - 1))
         return self._unflatten(theta)
 
     @staticmethod
@@ -185,6 +198,7 @@ class SwagPosterior:
         post._dev[: post.rank].copy_(tensors["deviations"])
         post._next_col = int(meta["next_col"])
         post.num_snapshots = int(meta["num_snapshots"])
+        post._std = None
         return post
 
     def save(self, folder: str | os.PathLike) -> None:

@@ -31,7 +31,8 @@ from swag_lora.swag import SwagPosterior
 RUN_INFO = "run_info.json"
 SIGNAL_EXIT_CODE = 99       # "checkpoint written on a pre-emption signal: requeue me"
 LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy", "val_nll", "val_ece",
-              "swa_val_accuracy", "swa_val_nll", "swa_val_ece", "num_snapshots", "epoch_seconds"]
+              "swa_val_accuracy", "swa_val_nll", "swa_val_ece", "num_snapshots", "train_seconds", "collect_seconds",
+              "swa_val_seconds", "epoch_seconds"]
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -138,7 +139,6 @@ def train(cfg: DictConfig) -> Path:
         anneal_steps=int(meth.swag_anneal_epochs) * steps_per_epoch if swag_on else 0,
         anneal_strategy=meth.swag_anneal_strategy if swag_on else "constant", cycle_steps=steps_per_epoch)
     scheduler = schedule.torch_scheduler(optimizer)
-
     # ---------------------------------------------------------------- SWAG posterior (over named tensors)
     named = swag_tensors(inner, meth.modules_to_swag) if swag_on else {}
     posterior = None
@@ -146,6 +146,10 @@ def train(cfg: DictConfig) -> Path:
     last_epoch = int(exp.num_epochs)
     if swag_on and int(meth.force_save) > 0:
         last_epoch = int(meth.swag_start) + int(meth.force_save)
+    swag_steps = (last_epoch - int(meth.swag_start)) * steps_per_epoch if swag_on else 0
+    if swag_on and int(meth.swag_c_steps) > swag_steps:
+        raise ConfigError(f"method.swag_c_steps={meth.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
+                          f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
 
     # ---------------------------------------------------------------- resume
     start_epoch, skip_batches, global_step, resumed_loss = 0, 0, 0, (0.0, 0)
@@ -161,13 +165,17 @@ def train(cfg: DictConfig) -> Path:
     wandb_run = _init_wandb(cfg, rd, accelerator)
     _Stop.install()
 
+    collect_seconds = 0.0
+
     def collect() -> None:
-        nonlocal posterior
+        nonlocal posterior, collect_seconds
+        t = time.time()
         with gathered_params(accelerator, model, named) as full:
             if posterior is None:
                 posterior = SwagPosterior({n: t.shape for n, t in full.items()}, max_rank=int(meth.swag_max_num_models),
                                           device=post_device)
             posterior.collect(full)
+        collect_seconds += time.time() - t
 
     def save_state(epoch: int, batches_done: int, loss_sum=None, loss_count: int = 0) -> None:
         """Checkpoint; mid-epoch (batches_done > 0) also keeps the epoch's running train loss."""
@@ -226,18 +234,23 @@ def train(cfg: DictConfig) -> Path:
 
         if swag_on and int(meth.swag_c_steps) == 0 and _epoch_due(epoch, meth):
             collect()
+        train_seconds = time.time() - t0
 
         # validation: MAP weights, and SWA (posterior mean) once collecting
-        row = {"epoch": epoch + 1, "step": global_step, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss}
+        row = {"epoch": epoch + 1, "step": global_step, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
+               "train_seconds": round(train_seconds, 3), "collect_seconds": round(collect_seconds, 4)}
+        collect_seconds = 0.0
         val = _validate(model, feats["validation"], collator, cfg, accelerator)
         row.update({f"val_{k}": v for k, v in val.items()})
         if posterior is not None:
+            t_swa = time.time()
             swa = draw_probs(model, feats["validation"], collator, int(exp.eval_batch_size), "swag", posterior=posterior,
                              named=named, scale=0.0, accelerator=accelerator)
             labels = np.array([f["label"] for f in feats["validation"]])
             row.update({"swa_val_accuracy": M.accuracy(swa[0], labels), "swa_val_nll": M.nll(swa[0], labels),
                         "swa_val_ece": M.expected_calibration_error(swa[0], labels)})
             row["num_snapshots"] = posterior.num_snapshots
+            row["swa_val_seconds"] = round(time.time() - t_swa, 3)
         row["epoch_seconds"] = round(time.time() - t0, 2)
         if (val["accuracy"], -val["nll"]) > (best["accuracy"], -best["nll"]):
             best = {"accuracy": val["accuracy"], "nll": val["nll"], "epoch": epoch + 1}

@@ -61,7 +61,7 @@ def test_the_verbatim_command_composes_and_validates():
 
 @pytest.mark.parametrize("args,message", [
     (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: llama_3_1_8b, llama_7b_hf"),
-    (["method=swa"], "error: unknown method 'swa'; allowed: map, swag"),
+    (["method=swa"], "error: unknown method 'swa'; allowed: map, swag, swag_demo"),
     (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
 ])
 def test_command_line_prints_one_line_and_exits_2(args, message):

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, TINY
 from safetensors.torch import load_file
 
-ARGS = [*TINY, "model=tiny_llama", "experiment.lora_dropout=0", "experiment.num_epochs=3", "method.swag_start=1",
+ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "experiment.num_epochs=3", "method.swag_start=1",
         "method.swag_c_steps=2", "method.swag_max_num_models=4", "experiment.evaluate_after_training=false"]
 
 

@@ -13,7 +13,7 @@ from swag_lora import metrics as M
 from swag_lora.predict import apply_temperature, draw_probs, fit_temperature, predict_probs
 from swag_lora.swag import SwagPosterior
 
-RUN_ARGS = ("model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.swag_c_steps=2",
+RUN_ARGS = ("method=swag", "model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.swag_c_steps=2",
             "method.swag_max_num_models=4")
 
 

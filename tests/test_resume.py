@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, TINY
 from safetensors.torch import load_file
 
-ARGS = [*TINY, "model=tiny_roberta", "experiment.num_epochs=4", "method.swag_start=1", "method.swag_max_num_models=3",
+ARGS = [*TINY, "method=swag", "model=tiny_roberta", "experiment.num_epochs=4", "method.swag_start=1", "method.swag_max_num_models=3",
         "experiment.evaluate_after_training=false"]
 
 

@@ -12,6 +12,8 @@ from swag_lora.swag import SwagPosterior
 def train_run(tmp_path, *overrides):
     from swag_lora.config import validate_train
     from swag_lora.train import train
+    if not any(o.startswith("method=") for o in overrides):
+        overrides = ("method=swag", *overrides)
     cfg = compose(*TINY, f"experiment.save_folder={tmp_path}", "experiment.evaluate_after_training=false", *overrides)
     validate_train(cfg)
     return train(cfg), cfg
@@ -92,3 +94,9 @@ def test_map_method_has_no_posterior(tmp_path):
     rd, _ = train_run(tmp_path, "model=tiny_roberta", "method=map", "experiment.num_epochs=2")
     assert (rd / "base_model").is_dir() and not (rd / "swag_model").exists()
     assert rd.parent.name == "map"
+
+
+def test_collection_interval_longer_than_the_swag_phase_is_refused(tmp_path):
+    from swag_lora.config import ConfigError
+    with pytest.raises(ConfigError, match=r"method.swag_c_steps=50 exceeds the 6 optimizer steps after method.swag_start"):
+        train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_c_steps=50")

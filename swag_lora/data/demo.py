@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 DEMO_LABELS = ("sports", "food", "weather", "technology")
-SIZES = {"train": 320, "validation": 100, "test": 400}
+SIZES = {"train": 800, "validation": 200, "test": 400}
 DATA_SEED = 1234
 
 WORDS = {

