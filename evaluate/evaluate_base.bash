@@ -11,6 +11,7 @@
 #   bash evaluate/evaluate_base.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_base.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
 # Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_base.bash
+# Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/eval_args.sh).
 # Extra arguments are passed on as Hydra overrides.
 set -euo pipefail
 MODEL_PATH="${MODEL_PATH:-}"        # a run directory: <save_folder>/<task>/<model>/<method>/<exp_name>
@@ -18,15 +19,8 @@ TASK="${TASK:-}"
 SUBTASK="${SUBTASK:-}"
 OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
-OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
 NUM_SAMPLES="${NUM_SAMPLES:-1}"
 SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-0.5}"
-SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
-ONLY_OOD="${ONLY_OOD:-false}"
-SEED="${SEED:-0}"
-TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
-OFFLINE="${OFFLINE:-false}"
-DATA_PATH="${DATA_PATH:-}"
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
 source scripts/eval_args.sh

@@ -1,5 +1,12 @@
 # Turns the evaluation scripts' variables into Hydra overrides (sourced). Empty task variables are
 # left out, so the evaluated run's own task and OOD task are used.
+OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
+SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
+ONLY_OOD="${ONLY_OOD:-false}"
+SEED="${SEED:-0}"
+TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
+OFFLINE="${OFFLINE:-false}"
+DATA_PATH="${DATA_PATH:-}"
 EVAL_ARGS=(evaluation.num_samples="$NUM_SAMPLES" evaluation.swag_sample_scale="$SWAG_SAMPLE_SCALE"
            evaluation.swag_cov_mat="$SWAG_COV_MAT" evaluation.only_ood="$ONLY_OOD" evaluation.seed="$SEED"
            evaluation.temperature_scaling="$TEMPERATURE_SCALING" experiment.offline="$OFFLINE")

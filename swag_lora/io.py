@@ -56,4 +56,7 @@ def recover_dir(path: str | os.PathLike) -> None:
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and old.exists():
-        os.replace(old, path)
+        try:
+            os.replace(old, path)
+        except FileNotFoundError:   # another process got there first
+            pass

@@ -19,32 +19,44 @@ def _to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-@torch.inference_mode()
-def predict_probs(model, feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True) -> np.ndarray:
-    """N x C probabilities in the order of `feats`; every row scored exactly once.  Under several
-    processes each rank scores its share of the batches and the results are gathered."""
+def prepare_batches(feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True,
+                    device=None) -> list[tuple[np.ndarray, dict]]:
+    """Collate this process's share of the (length-sorted) batches once, on the device: every weight draw
+    reuses them, so S draws cost S forward passes and nothing more."""
     batches = eval_batches([f["length"] for f in feats], batch_size, sort_by_length)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    idx_out, prob_out = [], []
+    out = []
     for b in batches[rank::world]:
-        batch = _to_device(collator([feats[i] for i in b]), device)
+        batch = collator([feats[i] for i in b])
         batch.pop("labels")
-        logits = model(**batch)
-        prob_out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64))
-        idx_out.append(np.asarray(b))
-    if world > 1:
+        out.append((np.asarray(b), _to_device(batch, device)))
+    return out
+
+
+@torch.inference_mode()
+def predict_prepared(model, prepared: list[tuple[np.ndarray, dict]], n: int, num_choices: int, accelerator=None) -> np.ndarray:
+    """N x C probabilities from prepared batches; every row scored exactly once (gathered across processes)."""
+    idx_out = [i for i, _ in prepared]
+    prob_out = [torch.softmax(model(**batch).float(), dim=-1).cpu().numpy().astype(np.float64) for _, batch in prepared]
+    if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
         gathered = gather_object([(idx_out, prob_out)])
         idx_out = [i for part in gathered for i in part[0]]
         prob_out = [p for part in gathered for p in part[1]]
-    probs = np.zeros((len(feats), collator.num_choices))
-    seen = np.zeros(len(feats), dtype=int)
+    probs = np.zeros((n, num_choices))
+    seen = np.zeros(n, dtype=int)
     for i, p in zip(idx_out, prob_out):
         probs[i] = p
         seen[i] += 1
     assert (seen == 1).all(), "every row must be scored exactly once"
     return probs
+
+
+def predict_probs(model, feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True) -> np.ndarray:
+    """N x C probabilities in the order of `feats` (one weight draw)."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
+    return predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)
 
 
 @contextlib.contextmanager
@@ -85,7 +97,9 @@ def draw_probs(
 ) -> np.ndarray:
     """S x N x C probabilities of one model under `method`:
     base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA)."""
-    run = lambda: predict_probs(model, feats, collator, batch_size, accelerator, sort_by_length)  # noqa: E731
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
+    run = lambda: predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)  # noqa: E731
     model.eval()
     if method == "base":
         return run()[None]

@@ -34,10 +34,11 @@ def main_train(cfg: DictConfig) -> int:
         validate_train(cfg)
     except ConfigError as e:
         return _fail(e)
+    from swag_lora.checkpoint import CheckpointError
     from swag_lora.train import train
     try:
         rd = train(cfg)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         return _fail(e)
     if cfg.experiment.evaluate_after_training:
         from swag_lora.report import print_summary

@@ -420,4 +420,4 @@ def _init_wandb(cfg: DictConfig, rd: Path, accelerator):
     Path(exp.wandb_path).mkdir(parents=True, exist_ok=True)
     return wandb.init(project=exp.wandb_project, group=exp.wandb_group, name=rd.name, dir=str(exp.wandb_path),
                       mode=mode, config=OmegaConf.to_container(cfg, resolve=True), resume="allow",
-                      id=re.sub(r"[^A-Za-z0-9_-]", "_", f"{rd.parent.parent.parent.name}-{rd.name}")[:120])
+                      id=re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(rd.parts[-4:]))[:128])
