@@ -30,7 +30,11 @@ in_slurm() { [[ -n "${SLURM_JOB_ID:-}" ]]; }
 # Locally: what the machine has (or ACCELERATE_CONFIG). Under Slurm: one process per GPU and, across
 # several nodes, one launcher per node with machine rank, main process address and port from Slurm.
 build_launch() {
-  LAUNCH=(accelerate launch)
+  if command -v accelerate >/dev/null 2>&1; then
+    LAUNCH=(accelerate launch)
+  else   # e.g. a fresh pyenv whose shims were not rehashed
+    LAUNCH=("$PYTHON" -m accelerate.commands.launch)
+  fi
   [[ -n "${ACCELERATE_CONFIG:-}" ]] && LAUNCH+=(--config_file "$ACCELERATE_CONFIG")
   if in_slurm; then
     local nnodes="${SLURM_JOB_NUM_NODES:-1}"

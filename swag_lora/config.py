@@ -133,6 +133,7 @@ def validate_train(cfg: DictConfig) -> None:
     _choice(exp.lr_scheduler, BASE_SCHEDULERS, "experiment.lr_scheduler")
     _choice(exp.resume, RESUME, "experiment.resume")
     _choice(exp.wandb_mode, WANDB_MODES, "experiment.wandb_mode")
+    _choice(exp.get("mixed_precision"), (None, "no", "fp16", "bf16"), "experiment.mixed_precision")
     if not 0 <= float(exp.warmup_length) < 1:
         _fail(f"experiment.warmup_length={exp.warmup_length!r} must be a fraction of the steps in [0, 1)")
     if not 0 < float(exp.val_fraction) < 1:

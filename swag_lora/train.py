@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
 
 from swag_lora import checkpoint as ckpt
 from swag_lora import metrics as M
@@ -199,7 +200,9 @@ def train(cfg: DictConfig) -> Path:
         loss_sum = torch.full((), resumed_loss[0], device=accelerator.device)
         loss_count = resumed_loss[1]
         resumed_loss = (0.0, 0)
-        for batch_idx, batch in enumerate(epoch_loader, start=skip_batches):
+        bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{last_epoch}", leave=False, mininterval=1.0,
+                   disable=not accelerator.is_local_main_process, initial=skip_batches, total=len(loader))
+        for batch_idx, batch in enumerate(bar, start=skip_batches):
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
                 logits = model(**batch)
@@ -211,6 +214,8 @@ def train(cfg: DictConfig) -> Path:
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             loss_count += 1
+            if batch_idx % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if accelerator.sync_gradients:
                 scheduler.step()
                 global_step += 1

@@ -1,5 +1,6 @@
 """Offline layout round trips (download scripts on local sources) and the Slurm scripts' local mode."""
 import os
+import re
 import subprocess
 import sys
 
@@ -66,7 +67,7 @@ def test_train_bash_local_mode_on_a_tiny_model(tmp_path):
                         "method.swag_max_num_models=2", "experiment.evaluate_after_training=false"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.stdout[-1500:], p.stderr[-1500:])
-    assert "[train] accelerate launch launch_exp_hydra.py" in p.stdout
+    assert re.search(r"\[train\] (accelerate launch|\S+ -m accelerate.commands.launch) launch_exp_hydra.py", p.stdout)
     rd = next(tmp_path.rglob("config.yaml")).parent
     assert (rd / "swag_model" / "swag_posterior.json").is_file()
     assert rd.parts[-4:-1] == ("demo", "tiny_roberta", "swag")
