@@ -40,7 +40,14 @@ def main_train(cfg: DictConfig) -> int:
         rd = train(cfg)
     except (ConfigError, CheckpointError) as e:
         return _fail(e)
-    if cfg.experiment.evaluate_after_training:
+    if cfg.experiment.evaluate_after_training and int(os.environ.get("RANK", "0")) == 0:
+        # one process evaluates (after a multi-GPU run the others are done); free the training model first
+        import gc
+
+        import torch
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         from swag_lora.report import print_summary
         results = evaluate_default_table(cfg, rd)
         if results:

@@ -74,3 +74,15 @@ def test_command_line_prints_one_line_and_exits_2(args, message):
     assert len(lines) == 1 and lines[0].startswith(message), p.stderr
     assert "Traceback" not in p.stderr
     assert time.time() - t0 < 60
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluation.eval_model_path=/nonexistent/run"], "error: evaluation model path '/nonexistent/run' is not a swag-lora run directory"),
+    (["evaluation.eval_method=ensemble", "evaluation.eval_model_paths=[/a]"], "error: evaluation.eval_method=ensemble needs at least 2 runs"),
+    (["evaluation.eval_method=laplace"], "error: unknown evaluation.eval_method 'laplace'; allowed: base, dropout, swag, ensemble, multiswag, temperature"),
+])
+def test_evaluation_command_line_errors(args, message):
+    p = subprocess.run([sys.executable, "-m", "swag_lora.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip() and "warn" not in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith(message), p.stderr

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, TINY
 from safetensors.torch import load_file
 
-ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "experiment.num_epochs=3", "method.swag_start=1",
+ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "experiment.eval_batch_size=12", "experiment.num_epochs=3", "method.swag_start=1",
         "method.swag_c_steps=2", "method.swag_max_num_models=4", "experiment.evaluate_after_training=false"]
 
 
