@@ -76,8 +76,9 @@ def main_evaluate(cfg: DictConfig) -> int:
         results = evaluate(cfg)
     except ConfigError as e:
         return _fail(e)
-    from swag_lora.report import print_summary
-    print_summary(results, None)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from swag_lora.report import print_summary
+        print_summary(results, None)
     return 0
 
 
@@ -152,11 +153,12 @@ def _encode_split(run: LoadedRun, task_name: str, subtask: str, split: str, exp:
     feats = encode(rows, run.tokenizer, kind, task, run.cfg.model.max_length)
     width = run.model.num_choices if kind != "multiple_choice" else max(task.num_choices, 1)
     collator = Collator(run.tokenizer.pad_token_id, kind, width, run.tokenizer.padding_side)
-    return feats, collator, {"task": task_name, "subtask": subtask, "split": split,
+    return feats, collator, {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
                              "split_source": splits.source["splits"][split], "num_examples": len(feats)}
 
 
-def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConfig, batch_size: int, member: int):
+def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConfig, batch_size: int, member: int,
+                      accelerator=None):
     """S x N x C probabilities of one run under `method` (loads the adapter it needs)."""
     from swag_lora.predict import draw_probs
     from swag_lora.swag import SwagPosterior
@@ -168,11 +170,12 @@ def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConf
         post = SwagPosterior.load(rd / "swag_model", device=next(run.model.parameters()).device)
         return draw_probs(run.model, feats, collator, batch_size, "swag", posterior=post, named=run.named,
                           num_samples=int(ev.num_samples), scale=float(ev.swag_sample_scale), cov=bool(ev.swag_cov_mat),
-                          seed=int(ev.seed) + 1000 * member, sort_by_length=bool(ev.sort_by_length))
+                          seed=int(ev.seed) + 1000 * member, sort_by_length=bool(ev.sort_by_length),
+                          accelerator=accelerator)
     run.model.load_adapter(rd / "base_model")
     draw = "dropout" if method == "dropout" else "base"
     return draw_probs(run.model, feats, collator, batch_size, draw, num_samples=int(ev.num_samples),
-                      seed=int(ev.seed), sort_by_length=bool(ev.sort_by_length))
+                      seed=int(ev.seed), sort_by_length=bool(ev.sort_by_length), accelerator=accelerator)
 
 
 def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]:
@@ -190,8 +193,14 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
             os.environ[var] = "1"
     if multi:
         check_members(cfgs, method)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under `accelerate launch`: each process scores a share
+        from accelerate import Accelerator
+        accelerator = Accelerator()
+    main_process = accelerator is None or accelerator.is_main_process
     if runs is None:
-        first = load_run(paths[0], offline=exp.get("offline"), model_path=exp.get("model_path"))
+        first = load_run(paths[0], device=accelerator.device if accelerator else None, offline=exp.get("offline"),
+                         model_path=exp.get("model_path"))
         runs = [first] + [LoadedRun(p, c, first.tokenizer, first.model, first.named) for p, c in zip(paths[1:], cfgs[1:])]
     train_exp = runs[0].cfg.experiment
     task = exp.task if exp.get("task") is not None else train_exp.task
@@ -211,17 +220,19 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
 
     temperature = None
     if method == "temperature" or ev.temperature_scaling:
-        vf, vc, _ = _encode_split(runs[0], task, subtask, "validation", data_exp, int(train_exp.seed))
+        vf, vc, vinfo = _encode_split(runs[0], task, subtask, "validation", data_exp, int(train_exp.seed))
         vlabels = np.array([f["label"] for f in vf])
-        vprobs = np.concatenate([_draws_for_member(r, draw_method, vf, vc, ev, batch["id"], i) for i, r in enumerate(runs)])
+        vprobs = np.concatenate([_draws_for_member(r, draw_method, vf, vc, ev, batch["id"], i, accelerator)
+                                 for i, r in enumerate(runs)])[..., : vinfo["num_choices"]]
         temperature = fit_temperature(vprobs.mean(0), vlabels)
 
     results, id_members = [], None
     for dist, t, st, split in targets:
         feats, collator, info = _encode_split(runs[0], t, st, split, data_exp, int(train_exp.seed))
         labels = np.array([f["label"] for f in feats])
-        members = np.concatenate([_draws_for_member(r, draw_method, feats, collator, ev, batch[dist], i)
+        members = np.concatenate([_draws_for_member(r, draw_method, feats, collator, ev, batch[dist], i, accelerator)
                                   for i, r in enumerate(runs)])
+        members = members[..., : info.pop("num_choices")]   # the causal head's unused letters (probability 0)
         if temperature is not None:
             members = apply_temperature(members, temperature)
         from swag_lora.data import get_task
@@ -247,7 +258,9 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
             "metrics": metrics,
         }
         out_dir = Path(ev.output_dir) if ev.get("output_dir") else runs[0].run_dir / "eval"
-        write_evaluation(record, members.mean(0), labels, out_dir, ece_bins=int(ev.ece_bins))
+        record["settings"]["num_processes"] = accelerator.num_processes if accelerator else 1
+        if main_process:
+            write_evaluation(record, members.mean(0), labels, out_dir, ece_bins=int(ev.ece_bins))
         results.append(record)
     return results
 

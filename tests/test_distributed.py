@@ -46,3 +46,32 @@ def test_two_process_ddp_equals_single_process(tmp_path):
         assert float(rb["train_loss"]) == pytest.approx(float(ra["train_loss"]), rel=1e-4)   # a mean, not a sum
         assert float(rb["val_accuracy"]) == pytest.approx(float(ra["val_accuracy"]))
         assert float(rb["val_nll"]) == pytest.approx(float(ra["val_nll"]), rel=1e-4)         # every row once
+
+
+def test_two_process_evaluation_scores_every_row_once(tmp_path):
+    """`accelerate launch -m swag_lora.evaluate` with 2 processes: uneven shards (37 rows in batches of 8),
+    gathered by index, give the single-process probabilities."""
+    import json
+
+    import numpy as np
+    p = subprocess.run([sys.executable, "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={tmp_path / 'run'}"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rd = next((tmp_path / "run").rglob("config.yaml")).parent
+    common = ["evaluation.eval_method=swag", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=3",
+              "experiment.max_eval_samples=37", "experiment.eval_batch_size=8", "experiment.ood_task="]
+    one = subprocess.run([sys.executable, "-m", "swag_lora.evaluate", *common, f"evaluation.output_dir={tmp_path / 'one'}"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534",
+                          "-m", "swag_lora.evaluate", *common, f"evaluation.output_dir={tmp_path / 'two'}"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    name = "swag_s3_scale0.5_id_demo_test"
+    a, b = np.load(tmp_path / "one" / f"{name}.npz"), np.load(tmp_path / "two" / f"{name}.npz")
+    assert a["probs"].shape == (37, 4)
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    rec = json.loads((tmp_path / "two" / f"{name}.json").read_text())
+    assert rec["settings"]["num_processes"] == 2 and rec["num_examples"] == 37
