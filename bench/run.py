@@ -19,6 +19,7 @@ import gc
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -176,13 +177,11 @@ def _demo_model(name: str):
     from hydra import compose, initialize_config_dir
 
     from swag_lora.data import get_task
-    from swag_lora.model import build_model, load_tokenizer, model_source
+    from swag_lora.model import load_model
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={name}"])
     task = get_task("demo")
-    src = model_source(cfg.model, False, None)
-    tok = load_tokenizer(cfg.model, src)
-    return cfg, task, tok, build_model(cfg.model, cfg.experiment, task, tok, src)
+    return (cfg, task, *load_model(cfg.model, cfg.experiment, task))
 
 
 def bench_training(quick: bool) -> None:
@@ -193,7 +192,7 @@ def bench_training(quick: bool) -> None:
     from swag_lora.data.encode import Collator, encode
     from swag_lora.model import swag_tensors
     models = [("tiny_llama", 640), ("minilm", 160)]
-    rounds = 3 if quick else 6
+    rounds = 3 if quick else 8
     for name, rows in models:
         cfg, task, tok, model = _demo_model(name)
         feats = encode(load_splits("demo", roles=("train",)).train[:rows], tok, model.kind, task, cfg.model.max_length)
@@ -222,8 +221,8 @@ def bench_training(quick: bool) -> None:
             return time.perf_counter() - t
         epoch("off")   # warm-up
         times = {"off": [], "epoch": [], "steps": []}
-        for _ in range(rounds):
-            for mode in ("off", "epoch", "off", "steps"):
+        for r in range(rounds):   # a fresh random order each round: no setting always runs after another
+            for mode in random.Random(r).sample(["off", "epoch", "off", "steps"], 4):
                 times[mode].append(epoch(mode))
         off = statistics.median(times["off"])
         # the cost of one collect, timed over many calls (epoch times on a busy 2-core machine jitter by
@@ -235,7 +234,7 @@ def bench_training(quick: bool) -> None:
             direct = statistics.median(times[mode]) / off
             record(f"training {name} collect {label}", ratio, "<= 1.03", ratio <= 1.03,
                    f"{n} x {t_collect * 1e6:.0f} us on a {off:.3f}s epoch ({steps} steps, P={post.num_params:,}); "
-                   f"epoch times measured directly: ratio {direct:.3f} (median of {rounds} interleaved)")
+                   f"epoch times measured directly: ratio {direct:.3f} (median of {rounds} rounds in random order)")
 
 
 # ---------------------------------------------------------------- 3. evaluation
@@ -295,16 +294,9 @@ def bench_evaluation(quick: bool) -> None:
 
 # ---------------------------------------------------------------- 4. checkpoint size
 def bench_checkpoint(quick: bool) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from swag_lora.data import get_task
-    from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+    from swag_lora.model import swag_tensors
     for name in ("tiny_llama", "tiny_roberta", "minilm"):
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=[f"model={name}"])
-        src = model_source(cfg.model, False, None)
-        tok = load_tokenizer(cfg.model, src)
-        model = build_model(cfg.model, cfg.experiment, get_task("demo"), tok, src)
+        cfg, task, tok, model = _demo_model(name)
         named = swag_tensors(model, "grad_only")
         post = SwagPosterior.from_named_tensors(named, max_rank=20)
         for _ in range(20):

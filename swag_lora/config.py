@@ -22,6 +22,12 @@ WANDB_MODES = ("online", "offline", "disabled")
 QUANTIZATION = ("none", "4bit", "8bit")
 
 
+def go_offline() -> None:
+    """experiment.offline=true: nothing may touch the network (the libraries read these at call time)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
+
+
 class ConfigError(ValueError):
     """A bad configuration value: the message is one line for the user."""
 
@@ -184,7 +190,7 @@ def validate_eval(cfg: DictConfig) -> None:
         paths = list(ev.eval_model_paths)
     else:
         if not ev.eval_model_path:
-            _fail(f"evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
+            _fail("evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
         paths = [ev.eval_model_path]
     for p in paths:
         if find_run_dir(p) is None:

@@ -29,29 +29,22 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> float:
-    """sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over equal-width confidence bins (lo, hi]."""
-    conf = probs.max(axis=1)
-    correct = np.argmax(probs, axis=1) == labels
-    # bin b holds conf in (b/n, (b+1)/n]; conf==0 cannot happen for a distribution over C>=1 classes
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        m = bins == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> dict:
-    """Per-bin accuracy, confidence and count, for reliability diagrams."""
+    """Per-bin accuracy, mean confidence and count over equal-width confidence bins (b/n, (b+1)/n]."""
     conf = probs.max(axis=1)
     correct = np.argmax(probs, axis=1) == labels
+    # conf == 0 cannot happen for a distribution over C >= 1 classes
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     count = np.bincount(bins, minlength=n_bins)
     acc = np.bincount(bins, weights=correct, minlength=n_bins) / np.maximum(count, 1)
     mean_conf = np.bincount(bins, weights=conf, minlength=n_bins) / np.maximum(count, 1)
     return {"edges": np.linspace(0, 1, n_bins + 1), "accuracy": acc, "confidence": mean_conf, "count": count}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> float:
+    """sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over equal-width confidence bins (b/n, (b+1)/n]."""
+    b = reliability_bins(probs, labels, n_bins)
+    return float(np.sum(b["count"] / len(labels) * np.abs(b["accuracy"] - b["confidence"])))
 
 
 def matthews_corrcoef(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -220,3 +220,10 @@ def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel
     if kind == "causal":
         return ChoiceModel(peft_model, kind, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
     return ChoiceModel(peft_model, kind, task.num_choices)
+
+
+def load_model(model_cfg, exp_cfg, task, offline: bool = False, model_path: str | None = None):
+    """(tokenizer, ChoiceModel) for `task`, from wherever `model_source` says the weights are."""
+    source = model_source(model_cfg, offline, model_path)
+    tokenizer = load_tokenizer(model_cfg, source)
+    return tokenizer, build_model(model_cfg, exp_cfg, task, tokenizer, source)

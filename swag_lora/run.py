@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from swag_lora.config import ConfigError, find_run_dir, validate_eval, validate_train
+from swag_lora.config import ConfigError, find_run_dir, go_offline, validate_eval, validate_train
 
 
 def _fail(e: Exception) -> int:
@@ -98,13 +98,11 @@ def load_run(run_dir: Path, device=None, offline: bool | None = None, model_path
     import torch
 
     from swag_lora.data import get_task
-    from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+    from swag_lora.model import load_model, swag_tensors
     cfg = OmegaConf.load(run_dir / "config.yaml")
     exp = cfg.experiment
-    off = exp.offline if offline is None else offline
-    source = model_source(cfg.model, off, model_path or exp.model_path)
-    tok = load_tokenizer(cfg.model, source)
-    model = build_model(cfg.model, exp, get_task(exp.task), tok, source)
+    tok, model = load_model(cfg.model, exp, get_task(exp.task), exp.offline if offline is None else offline,
+                            model_path or exp.model_path)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     named = swag_tensors(model, cfg.method.modules_to_swag) if cfg.method.method_name == "swag" else {}
     return LoadedRun(run_dir, cfg, tok, model, named)
@@ -189,8 +187,7 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
     paths = [find_run_dir(p) for p in (ev.eval_model_paths if multi else [ev.eval_model_path])]
     cfgs = [OmegaConf.load(p / "config.yaml") for p in paths]
     if exp.get("offline") or (exp.get("offline") is None and cfgs[0].experiment.offline):
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            os.environ[var] = "1"
+        go_offline()
     if multi:
         check_members(cfgs, method)
     accelerator = None

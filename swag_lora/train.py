@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from swag_lora import checkpoint as ckpt
 from swag_lora import metrics as M
-from swag_lora.config import ConfigError, run_dir
+from swag_lora.config import ConfigError, go_offline, run_dir
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, encode
 from swag_lora.distributed import gathered_params, unwrap
 from swag_lora.io import atomic_dir, atomic_write
-from swag_lora.model import build_model, load_tokenizer, model_source, swag_tensors
+from swag_lora.model import load_model, swag_tensors
 from swag_lora.predict import draw_probs
 from swag_lora.schedule import LRSchedule
 from swag_lora.swag import SwagPosterior
@@ -92,8 +92,7 @@ def train(cfg: DictConfig) -> Path:
     exp, meth = cfg.experiment, cfg.method
     swag_on = meth.method_name == "swag"
     if exp.offline:
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            os.environ[var] = "1"
+        go_offline()
     accelerator = Accelerator(gradient_accumulation_steps=int(exp.gradient_accumulation_steps),
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision=exp.get("mixed_precision") or None)
@@ -110,9 +109,7 @@ def train(cfg: DictConfig) -> Path:
 
     # ---------------------------------------------------------------- data and model
     task = get_task(exp.task)
-    source = model_source(cfg.model, exp.offline, exp.model_path)
-    tokenizer = load_tokenizer(cfg.model, source)
-    model = build_model(cfg.model, exp, task, tokenizer, source)
+    tokenizer, model = load_model(cfg.model, exp, task, exp.offline, exp.model_path)
     kind = model.kind
     splits, feats = prepare_data(cfg, task, tokenizer, kind, int(exp.seed))
     collator = Collator(tokenizer.pad_token_id, kind, model.num_choices, tokenizer.padding_side)

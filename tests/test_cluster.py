@@ -4,7 +4,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from conftest import REPO, TINY
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

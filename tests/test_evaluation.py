@@ -98,9 +98,10 @@ def test_temperature_fit_matches_grid_search():
 
 
 def test_members_must_agree(runs, tmp_path):
+    from omegaconf import OmegaConf
+
     from swag_lora.config import ConfigError
     from swag_lora.run import check_members
-    from omegaconf import OmegaConf
     a = OmegaConf.load(runs[0] / "config.yaml")
     b = OmegaConf.load(runs[0] / "config.yaml")
     b.experiment.task = "sst2"

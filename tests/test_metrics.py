@@ -1,9 +1,8 @@
 """Each metric against scikit-learn or a hand computation; guards against the original's bugs."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.metrics import matthews_corrcoef as sk_mcc
-from sklearn.metrics import roc_auc_score
 
 from swag_lora import metrics as M
 
