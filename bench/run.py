@@ -330,7 +330,7 @@ READING = """
   A fused kernel (torch.compile/Triton) would reach the floor; not done.
 * **vs the original design** at LoRA scale *without* the base model both designs are bound by the same memory
   traffic (the original adds a deep copy of the SWAG'd tensors and a torch.cat of the K x P matrix per collect,
-  and re-concatenates everything per sample): 5-8x, short of the 10x target. The original also copied the
+  and re-concatenates everything per sample): 5-9x across runs, short of the 10x target. The original also copied the
   whole model, base included, to the CPU at every collect; counted (the *estimate* rows, at the copy bandwidth
   measured in the same run), the ratio is 30-130x.
 * **sample** is within 1.5x of drawing P normals plus one copy (and of that plus one K x P mat-vec with the
@@ -338,6 +338,8 @@ READING = """
 * **training**: the overhead is the epoch without collection plus n x the median time of one collect (timed over
   50 calls); the detail column gives the directly measured epoch ratios, which jitter by +-6% here -- more
   than the effect. Collection costs 0.1-0.4 ms per call at these sizes.
+* **GPU**: `python bench/gpu_train.py` (a ~1B Llama from a config, LoRA r=8, collection every step vs off:
+  tokens/s and peak memory) is ready and appends its lines here; no GPU has been lent to a session yet.
 * **evaluation**: S SWAG samples cost S forward passes (batches are collated once and reused; each sample is
   one fused write of the LoRA tensors).
 """
