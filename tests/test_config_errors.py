@@ -27,6 +27,7 @@ CASES = [
     (["experiment.ood_task=mmlu", "experiment.ood_subtask=chem"], "unknown experiment.ood_subtask 'chem' for task 'mmlu'"),
     (["experiment.lr_scheduler=step"], "unknown experiment.lr_scheduler 'step'"),
     (["experiment.task=stsb"], "experiment.task='stsb' is a regression task"),
+    (["model.quantization=4bit"], "model.quantization=4bit needs"),
     (["experiment.mixed_precision=fp8"], "unknown experiment.mixed_precision 'fp8'; allowed: None, no, fp16, bf16"),
     (["experiment.resume=sometimes"], "unknown experiment.resume 'sometimes'; allowed: auto, never, must"),
 ]

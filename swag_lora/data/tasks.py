@@ -115,6 +115,7 @@ CARVED = {"train": "train", "validation": None, "test": "validation"}
 
 def _glue(name: str, a: str, b: str | None, labels: tuple[str, ...], prompt: str, text_names=("Sentence", "Sentence 2"), **kw) -> Task:
     splits = dict(CARVED, test="validation_matched") if name == "mnli" else CARVED
+    kw.setdefault("report_mcc", True)   # GLUE's own metric for CoLA; reported for every GLUE task
     return Task(name=name, hub_id="nyu-mll/glue", hub_config=name, kind="cls", to_example=_pair(a, b, labels),
                 splits=splits, num_choices=len(labels), prompt=prompt, text_names=text_names, **kw)
 
@@ -131,11 +132,11 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          subtasks=("winogrande_xs", "winogrande_s", "winogrande_m", "winogrande_l", "winogrande_xl", "winogrande_debiased")),
     Task("boolq", "google/boolq", "cls", _boolq, CARVED, 2, prompt="Is the answer to the question yes or no?",
          text_names=("Question", "Passage")),
-    _glue("cola", "sentence", None, ("unacceptable", "acceptable"), "Is this sentence grammatically acceptable?", report_mcc=True),
+    _glue("cola", "sentence", None, ("unacceptable", "acceptable"), "Is this sentence grammatically acceptable?"),
     _glue("sst2", "sentence", None, ("negative", "positive"), "Is the sentiment of this sentence negative or positive?"),
-    _glue("mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), "Do the two sentences mean the same thing?", report_mcc=True),
+    _glue("mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), "Do the two sentences mean the same thing?"),
     _glue("qqp", "question1", "question2", ("not_duplicate", "duplicate"), "Do the two questions ask the same thing?",
-          text_names=("Question", "Question 2"), report_mcc=True),
+          text_names=("Question", "Question 2")),
     _glue("stsb", "sentence1", "sentence2", ("score",), "How similar are the two sentences?", regression=True),
     _glue("mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction"),
           "Does the premise entail the hypothesis?", text_names=("Premise", "Hypothesis")),
