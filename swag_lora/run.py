@@ -176,8 +176,9 @@ def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConf
                       seed=int(ev.seed), sort_by_length=bool(ev.sort_by_length), accelerator=accelerator)
 
 
-def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]:
-    """Evaluate one method on the ID split and/or the OOD split; write JSON + npz + PNG per split."""
+def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None, distributed: bool = True) -> list[dict]:
+    """Evaluate one method on the ID split and/or the OOD split; write JSON + npz + PNG per split.
+    Under `accelerate launch` (and `distributed`) every process scores a share of the batches."""
     from swag_lora import metrics as M
     from swag_lora.predict import apply_temperature, fit_temperature
     from swag_lora.report import write_evaluation
@@ -191,7 +192,7 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None) -> list[dict]
     if multi:
         check_members(cfgs, method)
     accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under `accelerate launch`: each process scores a share
+    if distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under `accelerate launch`: each scores a share
         from accelerate import Accelerator
         accelerator = Accelerator()
     main_process = accelerator is None or accelerator.is_main_process
@@ -285,5 +286,5 @@ def evaluate_default_table(cfg: DictConfig, rd: Path) -> list[dict]:
     for method, over in methods:
         sub = OmegaConf.merge(cfg, {"evaluation": {**OmegaConf.to_container(ev), "eval_method": method, **over}})
         sub.experiment = OmegaConf.merge(exp, {"task": exp.task, "subtask": exp.subtask})
-        results += evaluate(sub, runs=[run])
+        results += evaluate(sub, runs=[run], distributed=False)   # rank 0 alone: the other ranks have finished
     return results

@@ -27,10 +27,12 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-                          "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={tmp_path / 'two'}"],
+                          "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={tmp_path / 'two'}",
+                          "experiment.evaluate_after_training=true", "evaluation.num_samples=2"],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 process(es)" in ddp.stdout
+    assert ddp.stdout.count("| swag | id: demo") == 1        # the closing table: rank 0 alone, no deadlock
     dirs = [p.parent for p in (tmp_path / "two").rglob("config.yaml")]
     assert len(dirs) == 1, dirs                      # every rank wrote to the same run directory
     one = next(p.parent for p in (tmp_path / "one").rglob("config.yaml"))
