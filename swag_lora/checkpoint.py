@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from swag_lora.io import atomic_dir, recover_dir
+from swag_lora.io import atomic_dir
 from swag_lora.swag import SwagPosterior
 
 STATE = "state.json"
@@ -86,7 +86,7 @@ def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimiz
 
 
 def has_checkpoint(folder: Path) -> bool:
-    recover_dir(folder)
+    """A checkpoint, or the previous one (a crash between the two renames of a save leaves only that)."""
     return (Path(folder) / STATE).is_file() or (previous_good(folder) / STATE).is_file()
 
 

@@ -50,10 +50,6 @@ def _choice(value, allowed, key: str) -> None:
         _fail(f"unknown {key} {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
-def available_models() -> list[str]:
-    return sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
-
-
 def validate_model(cfg: DictConfig) -> None:
     m = cfg.model
     _choice(m.get("family"), MODEL_FAMILIES, "model.family")

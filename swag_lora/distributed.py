@@ -1,5 +1,5 @@
-"""What the loop needs from distributed training: the unwrapped model, and full (unsharded) copies
-of the SWAG'd tensors under DeepSpeed ZeRO-3 or FSDP so the posterior never holds a shard."""
+"""What the loop needs from distributed training: full (unsharded) copies of the SWAG'd tensors under
+DeepSpeed ZeRO-3 or FSDP, so the posterior never holds a shard."""
 from __future__ import annotations
 
 import contextlib
@@ -8,10 +8,6 @@ from collections.abc import Iterator
 import torch
 
 FSDP_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "module.")
-
-
-def unwrap(accelerator, model):
-    return accelerator.unwrap_model(model)
 
 
 def _clean(name: str) -> str:

@@ -49,14 +49,3 @@ def atomic_dir(path: str | os.PathLike, keep_previous: Path | None = None) -> It
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def recover_dir(path: str | os.PathLike) -> None:
-    """If a crash fell between the two renames of `atomic_dir`, put the old copy back."""
-    path = Path(path)
-    old = path.with_name(f".{path.name}.old")
-    if not path.exists() and old.exists():
-        try:
-            os.replace(old, path)
-        except FileNotFoundError:   # another process got there first
-            pass

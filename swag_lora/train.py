@@ -22,7 +22,7 @@ from swag_lora import metrics as M
 from swag_lora.config import ConfigError, go_offline, run_dir
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, encode
-from swag_lora.distributed import gathered_params, unwrap
+from swag_lora.distributed import gathered_params
 from swag_lora.io import atomic_dir, atomic_write
 from swag_lora.model import load_model, swag_tensors
 from swag_lora.predict import draw_probs
@@ -125,7 +125,7 @@ def train(cfg: DictConfig) -> Path:
     optimizer = torch.optim.AdamW([p for p in trainable.values()], lr=float(exp.learning_rate),
                                   weight_decay=float(exp.weight_decay))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    inner = unwrap(accelerator, model)
+    inner = accelerator.unwrap_model(model)
     steps_per_epoch = math.ceil(len(loader) / int(exp.gradient_accumulation_steps))
     total_steps = steps_per_epoch * int(exp.num_epochs)
     schedule = LRSchedule(
