@@ -36,15 +36,24 @@ from swag_lora.swag import SwagPosterior  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS: list[dict] = []
+DEVICE = torch.device("cpu")   # where the posterior benchmark runs (--device)
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so that a timer measures the work and not its launch."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
+    sync()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
@@ -66,13 +75,14 @@ def llama7b_lora_shapes(r: int, layers: int = 32, width: int = 4096) -> dict[str
 
 
 class OriginalSwag:
-    """The original design, for comparison: per-parameter buffers, the deviation matrix grown with
-    torch.cat (and sliced when full), and a full copy of the model to CPU at every collect."""
+    """The original design, for comparison: per-parameter buffers on the CPU, the deviation matrix grown
+    with torch.cat (and sliced when full), a full copy of the model to the CPU at every collect, and
+    samples drawn on the CPU and copied into the model's tensors (on its device)."""
 
     def __init__(self, module: torch.nn.Module, max_rank: int):
         self.module, self.max_rank, self.n = module, max_rank, 0
-        self.mean = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
-        self.sq = {n: torch.zeros_like(p) for n, p in module.named_parameters()}
+        self.mean = {n: torch.zeros(p.shape) for n, p in module.named_parameters()}
+        self.sq = {n: torch.zeros(p.shape) for n, p in module.named_parameters()}
         self.dev = {n: torch.zeros(0, p.numel()) for n, p in module.named_parameters()}
 
     @torch.no_grad()
@@ -105,43 +115,47 @@ def bench_posterior(quick: bool) -> None:
     ranks = [8] if quick else [8, 64]
     ks = [5, 20]
     reps = 5 if quick else 15
+    dev = DEVICE
+    on = f" on {dev.type}" if dev.type != "cpu" else ""
     for r in ranks:
         shapes = llama7b_lora_shapes(r)
-        named = {n: torch.randn(s) for n, s in shapes.items()}
+        named = {n: torch.randn(s, device=dev) for n, s in shapes.items()}
         P = sum(t.numel() for t in named.values())
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         for k in ks:
-            post = SwagPosterior(shapes, max_rank=k)
+            post = SwagPosterior(shapes, max_rank=k, device=dev)
             for _ in range(k):   # a full ring buffer: the steady state
                 post.collect(named)
-            a, b, c = (torch.empty(P) for _ in range(3))
-            src = torch.randn(P)
+            a, b, c = (torch.empty(P, device=dev) for _ in range(3))
+            src = torch.randn(P, device=dev)
 
             def floor_collect():   # read the snapshot, read+write mean and second moment, write one column
                 a.copy_(src); b.copy_(a); c.copy_(b)
             t_floor = median_time(floor_collect, reps)
             t_collect = median_time(lambda: post.collect(named), reps)
-            record(f"posterior collect r={r} K={k} (P={P / 1e6:.2f}M)", t_collect / t_floor, "<= 2.0",
+            record(f"posterior collect{on} r={r} K={k} (P={P / 1e6:.2f}M)", t_collect / t_floor, "<= 2.0",
                    t_collect / t_floor <= 2.0, f"{t_collect * 1e3:.1f} ms vs floor {t_floor * 1e3:.1f} ms")
-            g = torch.Generator().manual_seed(0)
-            out = torch.empty(P)
+            g = torch.Generator(device=dev).manual_seed(0)
+            out = torch.empty(P, device=dev)
 
             def floor_sample():    # P standard normals plus one copy of the result
-                out.copy_(torch.randn(P, generator=g))
+                out.copy_(torch.randn(P, generator=g, device=dev))
             t_sfloor = median_time(floor_sample, reps)
 
             def sample_diag():
                 SwagPosterior.write_(named, post.sample(0.5, cov=False, generator=g))
             t_diag = median_time(sample_diag, reps)
-            record(f"posterior sample diag r={r} K={k}", t_diag / t_sfloor, "<= 1.5", t_diag / t_sfloor <= 1.5,
+            record(f"posterior sample diag{on} r={r} K={k}", t_diag / t_sfloor, "<= 1.5", t_diag / t_sfloor <= 1.5,
                    f"{t_diag * 1e3:.1f} ms vs floor {t_sfloor * 1e3:.1f} ms")
 
             def sample_cov():
                 SwagPosterior.write_(named, post.sample(0.5, cov=True, generator=g))
             t_cov = median_time(sample_cov, reps)
-            dev = post.deviations()
-            z2 = torch.randn(k)
-            t_mv = median_time(lambda: torch.mv(dev.T, z2, out=out), reps)
-            record(f"posterior sample low-rank r={r} K={k}", t_cov / (t_sfloor + t_mv), "<= 1.5",
+            devs = post.deviations()
+            z2 = torch.randn(k, device=dev)
+            t_mv = median_time(lambda: torch.mv(devs.T, z2, out=out), reps)
+            record(f"posterior sample low-rank{on} r={r} K={k}", t_cov / (t_sfloor + t_mv), "<= 1.5",
                    t_cov / (t_sfloor + t_mv) <= 1.5, f"{t_cov * 1e3:.1f} ms vs floor+matvec {(t_sfloor + t_mv) * 1e3:.1f} ms")
             if k == 20:
                 module = torch.nn.ParameterDict({n.replace(".", "_"): torch.nn.Parameter(t.clone()) for n, t in named.items()})
@@ -150,25 +164,32 @@ def bench_posterior(quick: bool) -> None:
                     orig.collect()
                 t_orig_c = median_time(orig.collect, max(3, reps // 3))
                 t_orig_s = median_time(orig.sample, max(3, reps // 3))
-                record(f"posterior collect vs original r={r} K=20", t_orig_c / t_collect, ">= 10", t_orig_c / t_collect >= 10,
+                record(f"posterior collect{on} vs original r={r} K=20", t_orig_c / t_collect, ">= 10", t_orig_c / t_collect >= 10,
                        f"original {t_orig_c * 1e3:.0f} ms")
-                record(f"posterior sample vs original r={r} K=20", t_orig_s / t_cov, ">= 10", t_orig_s / t_cov >= 10,
+                record(f"posterior sample{on} vs original r={r} K=20", t_orig_s / t_cov, ">= 10", t_orig_s / t_cov >= 10,
                        f"original {t_orig_s * 1e3:.0f} ms")
                 # the original also copied the whole model -- base included -- to the CPU at each collect:
-                # 6.74e9 bf16 weights at the copy bandwidth measured by the floor above
-                bandwidth = 2 * P * 4 / (t_floor / 3)   # bytes read+written per second by one copy
-                t_base = 6_738_415_616 * 2 * 2 / bandwidth
-                RESULTS.append({"name": f"posterior collect vs original incl. 7B base copy r={r} K=20 (estimate)",
+                # 6.74e9 bf16 weights, at the bandwidth of a copy to the CPU measured here
+                if dev.type == "cpu":
+                    bandwidth = 2 * P * 4 / (t_floor / 3)   # bytes read+written per second by one copy
+                    t_base = 6_738_415_616 * 2 * 2 / bandwidth
+                else:                                        # bytes moved per second from the device to the CPU
+                    bandwidth = P * 4 / median_time(lambda: src.to("cpu"), reps)
+                    t_base = 6_738_415_616 * 2 / bandwidth
+                RESULTS.append({"name": f"posterior collect{on} vs original incl. 7B base copy r={r} K=20 (estimate)",
                                 "ratio": (t_orig_c + t_base) / t_collect, "target": "info", "ok": True,
-                                "detail": f"+{t_base:.1f} s per collect to copy Llama-2-7B at {bandwidth / 1e9:.1f} GB/s"})
+                                "detail": f"+{t_base:.1f} s per collect to copy Llama-2-7B to the CPU at {bandwidth / 1e9:.1f} GB/s"})
                 print(f"posterior collect vs original incl. 7B base copy (estimate): {(t_orig_c + t_base) / t_collect:.0f}x", flush=True)
                 del orig, module
             del post
             gc.collect()
-        mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        post = SwagPosterior(shapes, max_rank=20)
-        RESULTS.append({"name": f"posterior buffers r={r} K=20", "ratio": post.nbytes() / (P * 4), "target": "info",
-                        "ok": True, "detail": f"{post.nbytes() / 2**20:.0f} MiB = (2+K) x P x 4 bytes; process max RSS {mem_mb:.0f} MiB"})
+        if dev.type == "cuda":
+            mem = f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+        else:
+            mem = f"process max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+        post = SwagPosterior(shapes, max_rank=20, device="meta")
+        RESULTS.append({"name": f"posterior buffers{on} r={r} K=20", "ratio": post.nbytes() / (P * 4), "target": "info",
+                        "ok": True, "detail": f"{post.nbytes() / 2**20:.0f} MiB = (2+K) x P x 4 bytes; {mem}"})
         print(f"posterior buffers r={r} K=20: {post.nbytes() / 2**20:.0f} MiB (P={P:,})", flush=True)
 
 
@@ -349,7 +370,8 @@ def write_markdown(path: Path, argv: list[str], seconds: float) -> None:
     import transformers
     lines = ["# Benchmarks", "", f"Command: `python bench/{' '.join(['run.py', *argv])}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.platform()}; torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}  ",
+             f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, Python {platform.python_version()}"
+             + (f"; GPU: {torch.cuda.get_device_name()}" if DEVICE.type == "cuda" else "") + "  ",
              f"Date: {time.strftime('%Y-%m-%d')}; total {seconds:.0f} s. Times are medians of repeats; every ratio is "
              "against a baseline measured in the same run.", "",
              "| benchmark | ratio | target | met | detail |", "|---|---|---|---|---|"]
@@ -362,10 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description="swag-lora benchmarks")
     ap.add_argument("--quick", action="store_true", help="reduced run (<= 5 minutes on 2 cores); prints only")
-    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
+    ap.add_argument("--only", nargs="+", choices=list(BENCHES), default=None,
+                    help="benchmarks to run (default: all; with --device cuda: posterior)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the posterior benchmark runs (the others run on the CPU)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    args.only = args.only or (["posterior"] if args.device == "cuda" else list(BENCHES))
     torch.set_num_threads(args.threads)
     t0 = time.time()
     for name in args.only:

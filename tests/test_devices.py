@@ -1,0 +1,89 @@
+"""bf16 training and the posterior on every device this machine has.
+
+On the CPU (CI) the bf16 run checks the half-precision path end to end; on a machine with a GPU the same
+tests run on CUDA, and the CUDA-only ones check that the posterior there equals the one on the CPU."""
+import numpy as np
+import pytest
+import torch
+from test_train_e2e import train_run
+
+from swag_lora.swag import SwagPosterior
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (these run when a GPU is lent)")
+
+
+def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
+    """model.dtype=bfloat16 + bf16 autocast: the base weights are bf16, LoRA and head stay fp32 (the posterior
+    averages fp32 values), the saved SWAG adapter is the posterior mean, and the BMA is a proper distribution
+    that is reproducible by seed."""
+    from swag_lora.data import get_task, load_splits
+    from swag_lora.data.encode import Collator, encode
+    from swag_lora.predict import draw_probs
+    from swag_lora.run import load_run
+    rd, cfg = train_run(tmp_path, "model=tiny_llama", "model.dtype=bfloat16", "experiment.mixed_precision=bf16",
+                        "experiment.num_epochs=3", "method.swag_start=1", "method.swag_max_num_models=3")
+    run = load_run(rd)   # on the GPU when there is one
+    dtypes = {p.dtype for n, p in run.model.named_parameters() if "lora_" not in n and "head" not in n}
+    assert dtypes == {torch.bfloat16}
+    assert {t.dtype for t in run.named.values()} == {torch.float32}
+    post = SwagPosterior.load(rd / "swag_model", device=next(run.model.parameters()).device)
+    assert post.num_snapshots == 2
+    run.model.load_adapter(rd / "swag_model")
+    for name, mu in post.mean().items():
+        torch.testing.assert_close(run.named[name].detach(), mu)
+    feats = encode(load_splits("demo", roles=("test",)).test[:24], run.tokenizer, run.model.kind, get_task("demo"), 64)
+    coll = Collator(run.tokenizer.pad_token_id, run.model.kind, run.model.num_choices, run.tokenizer.padding_side)
+    kw = dict(posterior=post, named=run.named, num_samples=3, scale=0.5, seed=3)
+    a = draw_probs(run.model, feats, coll, 8, "swag", **kw)
+    b = draw_probs(run.model, feats, coll, 8, "swag", **kw)
+    assert a.shape == (3, 24, run.model.num_choices) and np.isfinite(a).all()
+    np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[0] - a[1]).max() > 0, "two samples gave identical predictions"
+
+
+@needs_cuda
+def test_posterior_on_cuda_equals_cpu(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    snaps = [{"a": torch.randn(3, 4, generator=g), "b": torch.randn(7, generator=g)} for _ in range(6)]
+    cpu = SwagPosterior.from_named_tensors(snaps[0], max_rank=4)
+    gpu = SwagPosterior.from_named_tensors({n: t.cuda() for n, t in snaps[0].items()}, max_rank=4)
+    assert gpu._mean.is_cuda
+    for s in snaps:
+        cpu.collect(s)
+        gpu.collect({n: t.cuda() for n, t in s.items()})
+    torch.testing.assert_close(gpu.deviations().cpu(), cpu.deviations())
+    for (n, m_cpu), m_gpu in zip(cpu.mean().items(), gpu.mean().values()):
+        torch.testing.assert_close(m_gpu.cpu(), m_cpu)
+    for v_cpu, v_gpu in zip(cpu.variance().values(), gpu.variance().values()):
+        torch.testing.assert_close(v_gpu.cpu(), v_cpu)
+    # samples on the GPU: reproducible by seed, written in place into CUDA tensors, saved and reloaded on the CPU
+    draw1 = gpu.sample(0.5, generator=torch.Generator(device="cuda").manual_seed(4))
+    draw2 = gpu.sample(0.5, generator=torch.Generator(device="cuda").manual_seed(4))
+    target = {n: torch.zeros_like(t, device="cuda", dtype=torch.bfloat16) for n, t in snaps[0].items()}
+    SwagPosterior.write_(target, draw1)
+    for n in draw1:
+        torch.testing.assert_close(draw1[n], draw2[n])
+        torch.testing.assert_close(target[n], draw1[n].bfloat16())
+    gpu.save(tmp_path)
+    back = SwagPosterior.load(tmp_path)
+    torch.testing.assert_close(back.deviations(), cpu.deviations())
+
+
+@needs_cuda
+def test_cuda_sample_covariance_is_diag_plus_low_rank():
+    """The empirical covariance of GPU draws equals 0.5 * (diag(var) + D^T D / (K-1)) computed in numpy."""
+    g = torch.Generator().manual_seed(0)
+    snaps = [{"w": torch.randn(6, generator=g) * torch.arange(1, 7)} for _ in range(6)]
+    post = SwagPosterior({"w": (6,)}, max_rank=4, device="cuda")
+    for s in snaps:
+        post.collect({"w": s["w"].cuda()})
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    draws = torch.stack([post.sample(0.5, generator=gen)["w"] for _ in range(40000)]).double().cpu().numpy()
+    X = np.stack([s["w"].numpy() for s in snaps]).astype(np.float64)
+    mean = X.mean(0)
+    var = (X ** 2).mean(0) - mean ** 2
+    D = np.stack([X[i] - X[: i + 1].mean(0) for i in range(6)])[-4:]
+    expected = 0.5 * (np.diag(var) + D.T @ D / 3)
+    np.testing.assert_allclose(draws.mean(0), mean, atol=0.05 * np.sqrt(np.diag(expected)).max())
+    np.testing.assert_allclose(np.cov(draws, rowvar=False), expected, atol=0.04 * np.abs(expected).max())
