@@ -135,7 +135,7 @@ def main() -> int:
         t_map.append((time.perf_counter() - t0) / S)
         t0 = time.perf_counter()
         for _ in range(S):
-            SwagPosterior.write_(named, post.sample(0.5, cov=True, generator=g))
+            post.sample_(named, 0.5, cov=True, generator=g)
             forward_all(model, batches)
         sync()
         t_swag.append(time.perf_counter() - t0)

@@ -118,7 +118,7 @@ def draw_probs(
         out = []
         with swapped(named):
             for _ in range(1 if scale == 0 else num_samples):
-                SwagPosterior.write_(named, posterior.sample(scale, cov=cov, generator=gen))
+                posterior.sample_(named, scale, cov=cov, generator=gen)
                 out.append(run())
         return np.stack(out)
     raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag")

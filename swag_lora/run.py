@@ -95,15 +95,17 @@ class LoadedRun:
 def load_run(run_dir: Path, device=None, offline: bool | None = None, model_path: str | None = None) -> LoadedRun:
     """Rebuild the run's model (base + LoRA + head) from its config.yaml; no adapter loaded yet.
     `offline` / `model_path` override the run's own settings (a run evaluated on another machine)."""
-    import torch
-
     from swag_lora.data import get_task
     from swag_lora.model import load_model, swag_tensors
     cfg = OmegaConf.load(run_dir / "config.yaml")
     exp = cfg.experiment
     tok, model = load_model(cfg.model, exp, get_task(exp.task), exp.offline if offline is None else offline,
                             model_path or exp.model_path)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:   # where Accelerate would put it: honours ACCELERATE_USE_CPU, picks CUDA/MPS/XPU/NPU
+        from accelerate import PartialState
+        device = PartialState().device
+    if cfg.model.get("quantization", "none") == "none":   # bitsandbytes places quantized weights itself
+        model.to(device)
     named = swag_tensors(model, cfg.method.modules_to_swag) if cfg.method.method_name == "swag" else {}
     return LoadedRun(run_dir, cfg, tok, model, named)
 

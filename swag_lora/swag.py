@@ -9,6 +9,7 @@ are a handful of vector operations whatever the number of tensors.
     post.collect(named)                       # one snapshot
     draw = post.sample(scale=0.5, cov=True, generator=g)   # name -> tensor; scale 0 gives the mean (SWA)
     post.write_(named, draw)                  # copy a draw into the model's tensors, in place
+    post.sample_(named, scale=0.5, generator=g)            # the same two steps in one, with no new tensors
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ class SwagPosterior:
         self._sq_mean = torch.zeros_like(self._mean)
         self._dev = torch.zeros(self.max_rank, self.num_params, dtype=torch.float32, device=device)
         self._std: torch.Tensor | None = None   # sqrt of the clamped variance, cached between collects
+        self._draw: torch.Tensor | None = None  # sample_'s flat buffer
+        self._views: dict[object, list[torch.Tensor]] = {}   # buffer key -> its views shaped like the tensors
         self.num_snapshots = 0   # n: snapshots averaged into mean and second moment
         self.rank = 0            # deviation columns held, <= max_rank
         self._next_col = 0       # ring-buffer write position
@@ -70,19 +73,26 @@ class SwagPosterior:
         return cls({n: t.shape for n, t in named.items()}, **kwargs)
 
     # ------------------------------------------------------------------ fit
-    def _flatten_into(self, named: Mapping[str, torch.Tensor], flat: torch.Tensor) -> torch.Tensor:
-        missing = [n for n in self.shapes if n not in named]
-        if missing:
-            raise KeyError(f"tensors missing from the snapshot: {missing[:5]}")
-        for name, shape in self.shapes.items():   # check everything before writing anything
-            if named[name].shape != shape:
-                raise ValueError(f"tensor {name!r} has shape {tuple(named[name].shape)}, posterior expects {tuple(shape)}")
-        tensors = [named[name].detach().reshape(-1) for name in self.shapes]
-        if all(t.device == flat.device for t in tensors):
-            torch.cat(tensors, out=flat)   # one kernel on a GPU, not one launch per tensor
-        else:                              # swag_device=cpu: the snapshot comes from the GPU
-            torch._foreach_copy_(list(flat.split(self.numels)), tensors)
-        return flat
+    def _tensors(self, named: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors of `named` in the posterior's order, checked against its names and shapes."""
+        try:
+            tensors = [named[name] for name in self.shapes]
+        except KeyError:
+            missing = [n for n in self.shapes if n not in named]
+            raise KeyError(f"tensors missing from the snapshot: {missing[:5]}") from None
+        if [t.shape for t in tensors] != list(self.shapes.values()):
+            name, t = next((n, t) for n, t in zip(self.shapes, tensors) if t.shape != self.shapes[n])
+            raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, posterior expects {tuple(self.shapes[name])}")
+        return tensors
+
+    def _shaped_views(self, key: object, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of one of the posterior's own flat buffers (deviation column `key`, or "draw") shaped like the
+        tensors; made once per buffer, since the buffers are never reallocated."""
+        views = self._views.get(key)
+        if views is None:
+            views = [v.view(s) for v, s in zip(flat.split(self.numels), self.shapes.values())]
+            self._views[key] = views
+        return views
 
     @torch.no_grad()
     def collect(self, named: Mapping[str, torch.Tensor]) -> None:
@@ -91,7 +101,9 @@ class SwagPosterior:
         Five passes over P floats and no temporaries: the snapshot is staged in the deviation column it
         will end up in (copy, lerp the mean, two for the second moment, subtract the new mean)."""
         col = self._dev[self._next_col]
-        theta = self._flatten_into(named, col)
+        # one batched copy of the snapshot (a few kernel launches on a GPU, not one per tensor; casts dtype/device)
+        torch._foreach_copy_(self._shaped_views(self._next_col, col), self._tensors(named))
+        theta = col
         w = 1.0 / (self.num_snapshots + 1)
         self._mean.lerp_(theta, w)
         self._sq_mean.mul_(1.0 - w).addcmul_(theta, theta, value=w)
@@ -127,6 +139,24 @@ class SwagPosterior:
         return torch.roll(self._dev, -self._next_col, dims=0)
 
     # ------------------------------------------------------------------ sample
+    def _draw_into(self, theta: torch.Tensor, scale: float, cov: bool, generator: torch.Generator | None) -> None:
+        if self.num_snapshots == 0:
+            raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        if scale == 0:
+            theta.copy_(self._mean)
+            return
+        root = math.sqrt(scale)
+        theta.normal_(generator=generator)   # z1
+        z2 = None
+        if cov and self.rank >= 2:
+            z2 = torch.randn(self.rank, generator=generator, device=self._mean.device)
+        # theta = mu + sqrt(s) * sigma * z1: one fused pass, in place
+        torch.addcmul(self._mean, theta, self._flat_std(), value=root, out=theta)
+        if z2 is not None:   # + sqrt(s) * D^T z2 / sqrt(K - 1): one pass over the K x P deviations
+            theta.addmv_(self._dev[: self.rank].T, z2, alpha=root / math.sqrt(self.rank - 1))
+
     @torch.no_grad()
     def sample(
         self,
@@ -138,24 +168,29 @@ class SwagPosterior:
 
         scale=0 returns the mean (SWA); scale=0.5 is the SWAG paper's formula.  The low-rank term is
         used only with cov=True and at least two columns.  The generator must live on the
-        posterior's device; z1 and z2 are drawn from it in that order (reproducible by seed).
+        posterior's device; z1 and z2 are drawn from it in that order (reproducible by seed and device type).
         """
-        if self.num_snapshots == 0:
-            raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        if scale == 0:
-            return self._unflatten(self._mean.clone())
-        root = math.sqrt(scale)
-        theta = torch.randn(self.num_params, generator=generator, device=self._mean.device)   # z1
-        z2 = None
-        if cov and self.rank >= 2:
-            z2 = torch.randn(self.rank, generator=generator, device=self._mean.device)
-        # theta = mu + sqrt(s) * sigma * z1: one fused pass, in place
-        torch.addcmul(self._mean, theta, self._flat_std(), value=root, out=theta)
-        if z2 is not None:   # + sqrt(s) * D^T z2 / sqrt(K - 1): one pass over the K x P deviations
-            theta.addmv_(self._dev[: self.rank].T, z2, alpha=root / math.sqrt(self.rank - 1))
+        theta = torch.empty_like(self._mean)
+        self._draw_into(theta, scale, cov, generator)
         return self._unflatten(theta)
+
+    @torch.no_grad()
+    def sample_(
+        self,
+        target: Mapping[str, torch.Tensor],
+        scale: float = 0.5,
+        cov: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Draw one sample straight into the tensors of `target` (the model's), in place.
+
+        The same draw as `write_(target, sample(scale, cov, generator))`, through one reused buffer and
+        one batched copy: what evaluation does S times."""
+        tensors = self._tensors(target)
+        if self._draw is None:
+            self._draw = torch.empty_like(self._mean)
+        self._draw_into(self._draw, scale, cov, generator)
+        torch._foreach_copy_(tensors, self._shaped_views("draw", self._draw))
 
     @staticmethod
     @torch.no_grad()

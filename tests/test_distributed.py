@@ -15,7 +15,9 @@ ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "
 
 
 def _env():
-    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    # CPU processes on any machine: on a GPU host, torch's gloo barrier would otherwise pick cuda:<local rank>
+    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
+         "CUDA_VISIBLE_DEVICES": ""}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
     return e

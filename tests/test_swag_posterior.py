@@ -141,3 +141,26 @@ def test_shape_mismatch_is_an_error():
         post.collect({"w": torch.zeros(4)})
     with pytest.raises(RuntimeError, match="no snapshots"):
         post.sample()
+
+
+@pytest.mark.parametrize("scale,cov", [(0.5, True), (0.5, False), (0.0, True)])
+def test_sample_in_place_equals_sample_then_write(scale, cov):
+    """sample_ (reused buffer, one batched copy) gives the same draws as sample + write_, call after call."""
+    snaps = snapshots(5)
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=3)
+    for s in snaps:
+        post.collect(s)
+    by_hand = {n: torch.zeros_like(t) for n, t in snaps[0].items()}
+    in_place = {n: torch.zeros_like(t, dtype=torch.float64) for n, t in snaps[0].items()}
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    previous = None
+    for _ in range(3):
+        SwagPosterior.write_(by_hand, post.sample(scale, cov=cov, generator=g1))
+        post.sample_(in_place, scale, cov=cov, generator=g2)
+        for n in by_hand:
+            torch.testing.assert_close(in_place[n], by_hand[n].double())
+        if scale and previous is not None:
+            assert not torch.equal(previous, in_place["a.lora_A"]), "the buffer must be redrawn on every call"
+        previous = in_place["a.lora_A"].clone()
+    with pytest.raises(ValueError, match="shape"):
+        post.sample_({**in_place, "a.lora_A": torch.zeros(1, 1)}, generator=g2)
