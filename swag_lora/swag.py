@@ -103,10 +103,9 @@ class SwagPosterior:
         col = self._dev[self._next_col]
         # one batched copy of the snapshot (a few kernel launches on a GPU, not one per tensor; casts dtype/device)
         torch._foreach_copy_(self._shaped_views(self._next_col, col), self._tensors(named))
-        theta = col
         w = 1.0 / (self.num_snapshots + 1)
-        self._mean.lerp_(theta, w)
-        self._sq_mean.mul_(1.0 - w).addcmul_(theta, theta, value=w)
+        self._mean.lerp_(col, w)
+        self._sq_mean.mul_(1.0 - w).addcmul_(col, col, value=w)
         col.sub_(self._mean)
         self._next_col = (self._next_col + 1) % self.max_rank
         self.rank = min(self.rank + 1, self.max_rank)

@@ -139,8 +139,14 @@ def test_shape_mismatch_is_an_error():
     post = SwagPosterior({"w": (3,)}, max_rank=2)
     with pytest.raises(ValueError, match="shape"):
         post.collect({"w": torch.zeros(4)})
+    with pytest.raises(KeyError, match="missing.*'w'"):
+        post.collect({"v": torch.zeros(3)})
+    assert post.num_snapshots == 0, "a refused snapshot must leave the posterior as it was"
     with pytest.raises(RuntimeError, match="no snapshots"):
         post.sample()
+    # a snapshot in another dtype is cast on the way in (bf16 weights, fp32 posterior)
+    post.collect({"w": torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)})
+    torch.testing.assert_close(post.mean()["w"], torch.tensor([1.0, 2.0, 3.0]))
 
 
 @pytest.mark.parametrize("scale,cov", [(0.5, True), (0.5, False), (0.0, True)])
