@@ -20,7 +20,7 @@ SUBTASK="${SUBTASK:-}"
 OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
 NUM_SAMPLES="${NUM_SAMPLES:-1}"
-SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-0.5}"
+SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
 source scripts/eval_args.sh

@@ -19,8 +19,8 @@ TASK="${TASK:-}"
 SUBTASK="${SUBTASK:-}"
 OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
-NUM_SAMPLES="${NUM_SAMPLES:-10}"
-SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-0.5}"
+NUM_SAMPLES="${NUM_SAMPLES:-15}"
+SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
 
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
 source scripts/eval_args.sh

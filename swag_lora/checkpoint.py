@@ -1,5 +1,5 @@
 """Resumable training state as safetensors + JSON (never pickles): trainable weights, AdamW moments,
-scheduler step, SWAG posterior, epoch/step, and the RNG states.  Written atomically into
+SWAG posterior, epoch/step (the learning rate is a function of the step), and the RNG states.  Written atomically into
 `<run dir>/checkpoint/`; a torn or corrupt checkpoint is reported and the previous good one is used.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dic
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer,
                     posterior: SwagPosterior | None, state: dict) -> None:
     """Write everything needed to resume into `folder` atomically (call on the main process)."""
     with atomic_dir(folder, keep_previous=previous_good(folder)) as tmp:
@@ -79,9 +79,7 @@ def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimiz
         save_file(rng_t, str(tmp / "rng.safetensors"))
         if posterior is not None:
             posterior.save(tmp)
-        meta = {**state, "optimizer": opt_meta, "scheduler": scheduler.state_dict() if scheduler else None,
-                "rng": rng_meta, "has_posterior": posterior is not None}
-        meta["scheduler"] = {k: v for k, v in (meta["scheduler"] or {}).items() if k != "lr_lambdas"}
+        meta = {**state, "optimizer": opt_meta, "rng": rng_meta, "has_posterior": posterior is not None}
         (tmp / STATE).write_text(json.dumps(meta))
 
 
@@ -90,9 +88,9 @@ def has_checkpoint(folder: Path) -> bool:
     return (Path(folder) / STATE).is_file() or (previous_good(folder) / STATE).is_file()
 
 
-def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer, scheduler,
+def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer,
                     posterior_device="cpu") -> tuple[dict, SwagPosterior | None]:
-    """Restore weights, optimizer, scheduler and RNG in place; return (state, posterior or None).
+    """Restore weights, optimizer and RNG in place; return (state, posterior or None).
     Raises CheckpointError with one line if any file is missing or corrupt."""
     folder = Path(folder)
     try:
@@ -112,8 +110,6 @@ def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimiz
         for n, t in trainable.items():
             t.copy_(weights[n])
     _load_optimizer_state(optimizer, opt_t, meta["optimizer"])
-    if scheduler is not None and meta.get("scheduler"):
-        scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     _set_rng_state(rng_t, meta["rng"])
     return meta, post
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from swag_lora.data.encode import PROMPT_STYLES
 from swag_lora.data.tasks import check_subtask, get_task
 from swag_lora.schedule import ANNEAL_STRATEGIES, BASE_SCHEDULERS
 
@@ -132,14 +133,24 @@ def validate_train(cfg: DictConfig) -> None:
     _positive(exp.learning_rate, "experiment.learning_rate")
     _positive(exp.gradient_accumulation_steps, "experiment.gradient_accumulation_steps", integer=True)
     _positive(exp.lora_r, "experiment.lora_r", integer=True)
-    _choice(exp.lr_scheduler, BASE_SCHEDULERS, "experiment.lr_scheduler")
+    _choice(exp.lr_scheduler, BASE_SCHEDULERS, "experiment.scheduler")
+    _positive(exp.num_lr_cycles, "experiment.num_lr_cycles")
+    if exp.lr_scheduler == "cosine_hard_restarts" and not float(exp.num_lr_cycles).is_integer():
+        _fail(f"experiment.num_lr_cycles={exp.num_lr_cycles} must be an integer for experiment.scheduler=cosine_hard_restarts")
+    if int(exp.batch_size) % int(exp.gradient_accumulation_steps):
+        _fail(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step and must be a multiple of "
+              f"experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps} (loader batch = their quotient)")
+    if float(exp.max_grad_norm) < 0:
+        _fail(f"experiment.max_grad_norm={exp.max_grad_norm} must be >= 0 (0 = no clipping)")
+    _choice(exp.get("train_biases", "none"), ("none", "all", "lora_only"), "experiment.train_biases")
+    _choice(exp.get("prompt_style"), PROMPT_STYLES, "experiment.prompt_style")
     _choice(exp.resume, RESUME, "experiment.resume")
     _choice(exp.wandb_mode, WANDB_MODES, "experiment.wandb_mode")
     _choice(exp.get("mixed_precision"), (None, "no", "fp16", "bf16"), "experiment.mixed_precision")
     if not 0 <= float(exp.warmup_length) < 1:
         _fail(f"experiment.warmup_length={exp.warmup_length!r} must be a fraction of the steps in [0, 1)")
     if not 0 < float(exp.val_fraction) < 1:
-        _fail(f"experiment.val_fraction={exp.val_fraction!r} must be in (0, 1)")
+        _fail(f"experiment.val_split_size={exp.val_fraction!r} must be in (0, 1)")
     if not 0 <= float(exp.lora_dropout) < 1:
         _fail(f"experiment.lora_dropout={exp.lora_dropout!r} must be in [0, 1)")
     _choice(meth.get("method_name"), METHODS, "method")
@@ -158,9 +169,9 @@ def validate_swag(cfg: DictConfig) -> None:
     if int(meth.swag_start) < 0 or int(meth.swag_start) >= int(exp.num_epochs):
         _fail(f"method.swag_start={meth.swag_start} must be in [0, experiment.num_epochs={exp.num_epochs}) "
               f"so that at least one epoch collects")
-    if int(meth.force_save) > 0 and int(meth.swag_start) + int(meth.force_save) > int(exp.num_epochs):
-        _fail(f"method.swag_start + method.force_save = {meth.swag_start} + {meth.force_save} exceeds "
-              f"experiment.num_epochs={exp.num_epochs}; allowed: force_save <= {int(exp.num_epochs) - int(meth.swag_start)} or -1")
+    if meth.swag_start_with_lowest_loss and not meth.swag_save_base_model:
+        _fail("method.swag_start_with_lowest_loss=true reloads base_model/, which method.swag_save_base_model=false "
+              "does not keep; set one of them the other way")
     if int(meth.swag_anneal_epochs) < 0:
         _fail(f"method.swag_anneal_epochs={meth.swag_anneal_epochs} must be >= 0")
     if int(meth.swag_max_num_models) < 1:
@@ -192,8 +203,8 @@ def validate_eval(cfg: DictConfig) -> None:
         if find_run_dir(p) is None:
             _fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
     _positive(ev.num_samples, "evaluation.num_samples", integer=True)
-    if float(ev.swag_sample_scale) < 0:
-        _fail(f"evaluation.swag_sample_scale={ev.swag_sample_scale} must be >= 0")
+    if ev.swag_sample_scale is not None and float(ev.swag_sample_scale) < 0:
+        _fail(f"evaluation.swag_sample_scale={ev.swag_sample_scale} must be >= 0 (or null: the run's method.swag_sample_scale)")
     _positive(ev.ece_bins, "evaluation.ece_bins", integer=True)
     _choice(ev.split, ("test", "validation"), "evaluation.split")
     if exp.get("task"):

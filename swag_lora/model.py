@@ -71,8 +71,12 @@ def load_tokenizer(model_cfg, source: str):
 
 
 def _tiny_config(model_cfg, vocab_size: int, num_labels: int):
-    from transformers import LlamaConfig, RobertaConfig
+    from transformers import DistilBertConfig, LlamaConfig, RobertaConfig
     t = model_cfg.tiny
+    if t.get("arch") == "distilbert":
+        return DistilBertConfig(vocab_size=vocab_size, dim=t.hidden_size, hidden_dim=t.intermediate_size,
+                                n_layers=t.num_layers, n_heads=t.num_heads, max_position_embeddings=520, pad_token_id=0,
+                                num_labels=num_labels)
     if model_cfg.family == "causal":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
                            num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
@@ -209,9 +213,9 @@ def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel
     base = load_base_model(model_cfg, source, kind, task.num_choices if kind == "seq_cls" else 1, len(tokenizer))
     target = list(model_cfg.lora_target_modules)
     common = dict(r=int(exp_cfg.lora_r), lora_alpha=float(exp_cfg.lora_alpha), lora_dropout=float(exp_cfg.lora_dropout),
-                  target_modules=target, bias="none")
-    if kind == "causal":
-        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, **common)
+                  target_modules=target, bias=str(exp_cfg.get("train_biases", "none")))
+    if kind == "causal":   # the letter head is trained in any case; modules_to_save as the original (e.g. [classifier])
+        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, modules_to_save=list(model_cfg.head_modules) or None, **common)
     elif kind == "seq_cls":
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, modules_to_save=list(model_cfg.head_modules), **common)
     else:

@@ -91,12 +91,14 @@ def draw_probs(
     num_samples: int = 1,
     scale: float = 0.5,
     cov: bool = True,
+    k: int | None = None,
     seed: int = 0,
     accelerator=None,
     sort_by_length: bool = True,
 ) -> np.ndarray:
     """S x N x C probabilities of one model under `method`:
-    base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA)."""
+    base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA;
+    `k` as in `SwagPosterior.sample`)."""
     device = accelerator.device if accelerator else next(model.parameters()).device
     prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
     run = lambda: predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)  # noqa: E731
@@ -118,7 +120,7 @@ def draw_probs(
         out = []
         with swapped(named):
             for _ in range(1 if scale == 0 else num_samples):
-                posterior.sample_(named, scale, cov=cov, generator=gen)
+                posterior.sample_(named, scale, cov=cov, generator=gen, k=k)
                 out.append(run())
         return np.stack(out)
     raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag")

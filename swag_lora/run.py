@@ -145,12 +145,14 @@ def _encode_split(run: LoadedRun, task_name: str, subtask: str, split: str, exp:
                           f"{train_task.name!r} ({train_task.num_choices} labels)")
     if kind == "multiple_choice" and task.kind != "mc":
         raise ConfigError(f"task {task_name!r} is classification; the model was trained for multiple choice on {train_task.name!r}")
+    train_exp = run.cfg.experiment   # data settings of the run (old runs: what they were trained with)
     splits = load_splits(task_name, subtask, offline=exp.offline, data_path=exp.data_path, seed=seed,
-                         val_fraction=float(exp.val_fraction), roles=(split,))
+                         val_fraction=float(exp.val_fraction), roles=(split,),
+                         all_items=bool(train_exp.get("arc_all_items", True)))
     rows = splits[split]
     if int(exp.get("max_eval_samples", 0) or 0) > 0:
         rows = rows[: int(exp.max_eval_samples)]
-    feats = encode(rows, run.tokenizer, kind, task, run.cfg.model.max_length)
+    feats = encode(rows, run.tokenizer, kind, task, run.cfg.model.max_length, train_exp.get("prompt_style", "lines"))
     width = run.model.num_choices if kind != "multiple_choice" else max(task.num_choices, 1)
     collator = Collator(run.tokenizer.pad_token_id, kind, width, run.tokenizer.padding_side)
     return feats, collator, {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
@@ -168,9 +170,11 @@ def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConf
             raise ConfigError(f"{rd} has no swag_model/ (trained with method={run.cfg.method.method_name})")
         run.model.load_adapter(rd / "swag_model")
         post = SwagPosterior.load(rd / "swag_model", device=next(run.model.parameters()).device)
+        # K in the low-rank term: the original divides by swag_max_num_models - 1; runs from before the key: columns held
+        k = None if run.cfg.method.get("swag_k_held", True) else post.max_rank
         return draw_probs(run.model, feats, collator, batch_size, "swag", posterior=post, named=run.named,
                           num_samples=int(ev.num_samples), scale=float(ev.swag_sample_scale), cov=bool(ev.swag_cov_mat),
-                          seed=int(ev.seed) + 1000 * member, sort_by_length=bool(ev.sort_by_length),
+                          k=k, seed=int(ev.seed) + 1000 * member, sort_by_length=bool(ev.sort_by_length),
                           accelerator=accelerator)
     run.model.load_adapter(rd / "base_model")
     draw = "dropout" if method == "dropout" else "base"
@@ -198,6 +202,8 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None, distributed: 
         from accelerate import Accelerator
         accelerator = Accelerator()
     main_process = accelerator is None or accelerator.is_main_process
+    if ev.get("swag_sample_scale") is None:   # the run's own method.swag_sample_scale (member 0's for MultiSWAG)
+        ev = OmegaConf.merge(ev, {"swag_sample_scale": float(cfgs[0].method.get("swag_sample_scale", 0.5))})
     if runs is None:
         first = load_run(paths[0], device=accelerator.device if accelerator else None, offline=exp.get("offline"),
                          model_path=exp.get("model_path"))

@@ -37,6 +37,7 @@ class SwagPosterior:
         max_rank: K, the number of deviation columns kept (the oldest is dropped first).
         var_clamp: floor for the diagonal variance (E[x^2] - mu^2 can be slightly negative in fp32).
         device: where the buffers live (defaults to the CPU; the trainer passes the parameters' device).
+        keep_deviations: False gives a diagonal posterior (SWAG-diag): no deviation columns are stored.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class SwagPosterior:
         max_rank: int = 20,
         var_clamp: float = 1e-30,
         device: torch.device | str = "cpu",
+        keep_deviations: bool = True,
     ) -> None:
         if max_rank < 1:
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
@@ -58,7 +60,9 @@ class SwagPosterior:
         device = torch.device(device)
         self._mean = torch.zeros(self.num_params, dtype=torch.float32, device=device)
         self._sq_mean = torch.zeros_like(self._mean)
-        self._dev = torch.zeros(self.max_rank, self.num_params, dtype=torch.float32, device=device)
+        self.keep_deviations = bool(keep_deviations)
+        # K x P deviation columns; a diagonal posterior keeps one column only as the snapshot's staging buffer
+        self._dev = torch.zeros(self.max_rank if keep_deviations else 1, self.num_params, dtype=torch.float32, device=device)
         self._std: torch.Tensor | None = None   # sqrt of the clamped variance, cached between collects
         self._draw: torch.Tensor | None = None  # sample_'s flat buffer
         self._views: dict[object, list[torch.Tensor]] = {}   # buffer key -> its views shaped like the tensors
@@ -106,6 +110,10 @@ class SwagPosterior:
         w = 1.0 / (self.num_snapshots + 1)
         self._mean.lerp_(col, w)
         self._sq_mean.mul_(1.0 - w).addcmul_(col, col, value=w)
+        if not self.keep_deviations:
+            self.num_snapshots += 1
+            self._std = None
+            return
         col.sub_(self._mean)
         self._next_col = (self._next_col + 1) % self.max_rank
         self.rank = min(self.rank + 1, self.max_rank)
@@ -138,23 +146,28 @@ class SwagPosterior:
         return torch.roll(self._dev, -self._next_col, dims=0)
 
     # ------------------------------------------------------------------ sample
-    def _draw_into(self, theta: torch.Tensor, scale: float, cov: bool, generator: torch.Generator | None) -> None:
+    def _draw_into(self, theta: torch.Tensor, scale: float, cov: bool, generator: torch.Generator | None,
+                   k: int | None) -> None:
         if self.num_snapshots == 0:
             raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
         if scale < 0:
             raise ValueError(f"scale must be >= 0, got {scale}")
+        if cov and not self.keep_deviations:
+            raise ValueError("this SWAG posterior is diagonal (collected with swag_cov_mat=false): it has no "
+                             "low-rank term; sample with cov=False")
         if scale == 0:
             theta.copy_(self._mean)
             return
         root = math.sqrt(scale)
         theta.normal_(generator=generator)   # z1
+        k = self.rank if k is None else int(k)
         z2 = None
-        if cov and self.rank >= 2:
+        if cov and self.rank >= 1 and k >= 2:
             z2 = torch.randn(self.rank, generator=generator, device=self._mean.device)
         # theta = mu + sqrt(s) * sigma * z1: one fused pass, in place
         torch.addcmul(self._mean, theta, self._flat_std(), value=root, out=theta)
         if z2 is not None:   # + sqrt(s) * D^T z2 / sqrt(K - 1): one pass over the K x P deviations
-            theta.addmv_(self._dev[: self.rank].T, z2, alpha=root / math.sqrt(self.rank - 1))
+            theta.addmv_(self._dev[: self.rank].T, z2, alpha=root / math.sqrt(k - 1))
 
     @torch.no_grad()
     def sample(
@@ -162,15 +175,18 @@ class SwagPosterior:
         scale: float = 0.5,
         cov: bool = True,
         generator: torch.Generator | None = None,
+        k: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Draw theta = mu + sqrt(scale) * (sigma * z1 + D^T z2 / sqrt(K - 1)), K = columns held.
+        """Draw theta = mu + sqrt(scale) * (sigma * z1 + D^T z2 / sqrt(K - 1)) over the D columns held.
 
-        scale=0 returns the mean (SWA); scale=0.5 is the SWAG paper's formula.  The low-rank term is
-        used only with cov=True and at least two columns.  The generator must live on the
-        posterior's device; z1 and z2 are drawn from it in that order (reproducible by seed and device type).
+        scale=0 returns the mean (SWA); scale=0.5 is the SWAG paper's formula.  K is `k`: None counts the
+        columns held (this project's choice, `method.swag_k_held=true`); the original divides by
+        `max_rank - 1` however many columns are held (pass `k=max_rank`).  The low-rank term needs cov=True,
+        a column and K >= 2.  The generator must live on the posterior's device; z1 and z2 are drawn from it
+        in that order (reproducible by seed and device type).
         """
         theta = torch.empty_like(self._mean)
-        self._draw_into(theta, scale, cov, generator)
+        self._draw_into(theta, scale, cov, generator, k)
         return self._unflatten(theta)
 
     @torch.no_grad()
@@ -180,15 +196,16 @@ class SwagPosterior:
         scale: float = 0.5,
         cov: bool = True,
         generator: torch.Generator | None = None,
+        k: int | None = None,
     ) -> None:
         """Draw one sample straight into the tensors of `target` (the model's), in place.
 
-        The same draw as `write_(target, sample(scale, cov, generator))`, through one reused buffer and
+        The same draw as `write_(target, sample(scale, cov, generator, k))`, through one reused buffer and
         one batched copy: what evaluation does S times."""
         tensors = self._tensors(target)
         if self._draw is None:
             self._draw = torch.empty_like(self._mean)
-        self._draw_into(self._draw, scale, cov, generator)
+        self._draw_into(self._draw, scale, cov, generator, k)
         torch._foreach_copy_(tensors, self._shaped_views("draw", self._draw))
 
     @staticmethod
@@ -209,6 +226,7 @@ class SwagPosterior:
             "next_col": self._next_col,
             "num_snapshots": self.num_snapshots,
             "var_clamp": self.var_clamp,
+            "keep_deviations": self.keep_deviations,
             "num_params": self.num_params,
             "names": list(self.shapes),
             "shapes": [list(s) for s in self.shapes.values()],
@@ -216,7 +234,9 @@ class SwagPosterior:
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, metadata): the flat buffers and a JSON-able description."""
-        tensors = {"mean": self._mean, "sq_mean": self._sq_mean, "deviations": self._dev[: self.rank]}
+        tensors = {"mean": self._mean, "sq_mean": self._sq_mean}
+        if self.keep_deviations:
+            tensors["deviations"] = self._dev[: self.rank]
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, self.metadata()
 
     @classmethod
@@ -226,13 +246,14 @@ class SwagPosterior:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unknown SWAG posterior format_version {meta.get('format_version')!r}")
         post = cls(dict(zip(meta["names"], meta["shapes"])), max_rank=meta["max_rank"],
-                   var_clamp=meta["var_clamp"], device=device)
+                   var_clamp=meta["var_clamp"], device=device, keep_deviations=meta.get("keep_deviations", True))
         if tensors["mean"].numel() != post.num_params:
             raise ValueError("SWAG posterior tensors do not match their metadata (corrupt file?)")
         post._mean.copy_(tensors["mean"])
         post._sq_mean.copy_(tensors["sq_mean"])
         post.rank = int(meta["rank"])
-        post._dev[: post.rank].copy_(tensors["deviations"])
+        if post.keep_deviations:
+            post._dev[: post.rank].copy_(tensors["deviations"])
         post._next_col = int(meta["next_col"])
         post.num_snapshots = int(meta["num_snapshots"])
         post._std = None
@@ -255,7 +276,7 @@ class SwagPosterior:
         return cls.from_state_dict(load_file(str(folder / POSTERIOR_TENSORS)), meta, device=device)
 
     def nbytes(self) -> int:
-        return (self._mean.numel() * 2 + self._dev.numel()) * 4
+        return (self._mean.numel() * 2 + (self._dev.numel() if self.keep_deviations else 0)) * 4
 
     def __repr__(self) -> str:
         return (f"SwagPosterior(tensors={len(self.shapes)}, params={self.num_params}, "

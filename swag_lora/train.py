@@ -25,14 +25,15 @@ from swag_lora.data.encode import Collator, encode
 from swag_lora.distributed import gathered_params
 from swag_lora.io import atomic_dir, atomic_write
 from swag_lora.model import load_model, swag_tensors
-from swag_lora.predict import draw_probs
+from swag_lora.collector import SwagCollector
+from swag_lora.predict import draw_probs, swapped
 from swag_lora.schedule import LRSchedule
 from swag_lora.swag import SwagPosterior
 
 RUN_INFO = "run_info.json"
 SIGNAL_EXIT_CODE = 99       # "checkpoint written on a pre-emption signal: requeue me"
 LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy", "val_nll", "val_ece",
-              "swa_val_accuracy", "swa_val_nll", "swa_val_ece", "num_snapshots", "train_seconds", "collect_seconds",
+              "swa_val_loss", "swa_val_accuracy", "swa_val_nll", "swa_val_ece", "num_snapshots", "train_seconds", "collect_seconds",
               "swa_val_seconds", "epoch_seconds"]
 
 
@@ -71,17 +72,49 @@ class _Stop:
 def prepare_data(cfg: DictConfig, task, tokenizer, kind: str, rd_seed: int):
     exp = cfg.experiment
     splits = load_splits(exp.task, exp.subtask or "", offline=exp.offline, data_path=exp.data_path,
-                         seed=rd_seed, val_fraction=exp.val_fraction)
+                         seed=rd_seed, val_fraction=float(exp.val_fraction), all_items=bool(exp.arc_all_items),
+                         roles=("train", "validation"))
     cap = lambda rows, n: rows[: int(n)] if int(n) > 0 else rows  # noqa: E731
-    feats = {
-        "train": encode(cap(splits.train, exp.max_train_samples), tokenizer, kind, task, cfg.model.max_length),
-        "validation": encode(cap(splits.validation, exp.max_eval_samples), tokenizer, kind, task, cfg.model.max_length),
-    }
+    feats = {role: encode(cap(splits[role], n), tokenizer, kind, task, cfg.model.max_length, exp.prompt_style)
+             for role, n in (("train", exp.max_train_samples), ("validation", exp.max_eval_samples))}
     return splits, feats
 
 
-def _epoch_due(epoch: int, meth) -> bool:
-    return epoch >= int(meth.swag_start) and (epoch - int(meth.swag_start)) % int(meth.swag_c_epochs) == 0
+def lr_schedule(cfg: DictConfig, batches_per_epoch: int) -> LRSchedule:
+    """The original's schedule over loader batches: warm-up schedule, then SWALR from swag_start."""
+    exp, meth = cfg.experiment, cfg.method
+    total = batches_per_epoch * int(exp.num_epochs)
+    swag = meth.method_name == "swag"
+    return LRSchedule(
+        base_lr=float(exp.learning_rate), total_steps=total, warmup_steps=float(exp.warmup_length) * total,
+        scheduler=exp.lr_scheduler, num_cycles=float(exp.num_lr_cycles),
+        swag_start_step=int(meth.swag_start) * batches_per_epoch if swag else None,
+        swag_lr=float(meth.swag_learning_rate) if swag else None,
+        anneal_steps=int(meth.swag_anneal_epochs) * batches_per_epoch if swag else 0,
+        anneal_strategy=meth.swag_anneal_strategy if swag else "linear", cycle_steps=batches_per_epoch)
+
+
+class BestAdapter:
+    """The MAP adapter: the lowest validation loss over all epochs (SWAG's included), kept in `folder`."""
+
+    def __init__(self, folder: Path, keep: bool = True):
+        self.folder, self.keep = folder, keep
+        self.loss, self.epoch = math.inf, None
+
+    def update(self, loss: float, epoch: int, save) -> bool:
+        if not loss < self.loss:
+            return False
+        self.loss, self.epoch = loss, epoch + 1
+        if self.keep:
+            save(self.folder)
+        return True
+
+    def state(self) -> dict:
+        return {"loss": self.loss if math.isfinite(self.loss) else None, "epoch": self.epoch}
+
+    def load_state(self, state: dict) -> None:
+        self.loss = math.inf if state.get("loss") is None else float(state["loss"])
+        self.epoch = state.get("epoch")
 
 
 def train(cfg: DictConfig) -> Path:
@@ -93,16 +126,19 @@ def train(cfg: DictConfig) -> Path:
     swag_on = meth.method_name == "swag"
     if exp.offline:
         go_offline()
-    accelerator = Accelerator(gradient_accumulation_steps=int(exp.gradient_accumulation_steps),
+    accum = int(exp.gradient_accumulation_steps)
+    accelerator = Accelerator(gradient_accumulation_steps=accum,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision=exp.get("mixed_precision") or None)
     world = accelerator.num_processes
-    if int(exp.batch_size) % world:
-        raise ConfigError(f"experiment.batch_size={exp.batch_size} is the global batch and must divide evenly "
-                          f"across {world} processes")
+    loader_batch = int(exp.batch_size) // accum     # batch_size is the batch per optimizer step, as in the original
+    if int(exp.batch_size) % accum or loader_batch % world:
+        raise ConfigError(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step: it must be a multiple of "
+                          f"experiment.gradient_accumulation_steps={accum} x {world} process(es)")
     rd = run_dir(cfg)
     with open_dict(cfg):
         cfg.experiment.exp_name = rd.name          # config.yaml records the generated name
+        cfg.experiment.save_path = str(rd)         # and where the run lives (the original's key)
     resume_state = _prepare_run_dir(cfg, rd, accelerator)
     set_seed(int(exp.seed))
     log = accelerator.print
@@ -114,7 +150,7 @@ def train(cfg: DictConfig) -> Path:
     splits, feats = prepare_data(cfg, task, tokenizer, kind, int(exp.seed))
     collator = Collator(tokenizer.pad_token_id, kind, model.num_choices, tokenizer.padding_side)
     sampler = EpochSampler(len(feats["train"]), int(exp.seed))
-    loader = torch.utils.data.DataLoader(feats["train"], batch_size=int(exp.batch_size), sampler=sampler,
+    loader = torch.utils.data.DataLoader(feats["train"], batch_size=loader_batch, sampler=sampler,
                                          collate_fn=collator, generator=torch.Generator())
     trainable = model.trainable_state()
     n_train = sum(p.numel() for p in trainable.values())
@@ -126,36 +162,44 @@ def train(cfg: DictConfig) -> Path:
                                   weight_decay=float(exp.weight_decay))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     inner = accelerator.unwrap_model(model)
-    steps_per_epoch = math.ceil(len(loader) / int(exp.gradient_accumulation_steps))
-    total_steps = steps_per_epoch * int(exp.num_epochs)
-    schedule = LRSchedule(
-        base_lr=float(exp.learning_rate), total_steps=total_steps,
-        warmup_steps=int(round(float(exp.warmup_length) * total_steps)), scheduler=exp.lr_scheduler,
-        num_cycles=int(exp.num_lr_cycles),
-        swag_start_step=int(meth.swag_start) * steps_per_epoch if swag_on else None,
-        swag_lr=float(meth.swag_learning_rate) if swag_on else None,
-        anneal_steps=int(meth.swag_anneal_epochs) * steps_per_epoch if swag_on else 0,
-        anneal_strategy=meth.swag_anneal_strategy if swag_on else "constant", cycle_steps=steps_per_epoch)
-    scheduler = schedule.torch_scheduler(optimizer)
-    # ---------------------------------------------------------------- SWAG posterior (over named tensors)
-    named = swag_tensors(inner, meth.modules_to_swag) if swag_on else {}
-    posterior = None
-    post_device = "cpu" if swag_on and meth.swag_device == "cpu" else accelerator.device
+    batches_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    schedule = lr_schedule(cfg, batches_per_epoch)
     last_epoch = int(exp.num_epochs)
-    if swag_on and int(meth.force_save) > 0:
-        last_epoch = int(meth.swag_start) + int(meth.force_save)
-    swag_steps = (last_epoch - int(meth.swag_start)) * steps_per_epoch if swag_on else 0
-    if swag_on and int(meth.swag_c_steps) > swag_steps:
-        raise ConfigError(f"method.swag_c_steps={meth.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
-                          f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
+    if swag_on and meth.get("stop_at_force_save") and int(meth.force_save) >= 0:
+        last_epoch = min(last_epoch, int(meth.swag_start) + int(meth.force_save) + 1)
+
+    # ---------------------------------------------------------------- the MAP adapter and the SWAG collector
+    best = BestAdapter(rd / "base_model", keep=bool(meth.get("swag_save_base_model", True)))
+    named = swag_tensors(inner, meth.modules_to_swag) if swag_on else {}
+    collector = None
+    if swag_on:
+        swag_steps = (last_epoch - int(meth.swag_start)) * steps_per_epoch
+        if int(meth.swag_c_steps) > swag_steps:
+            raise ConfigError(f"method.swag_c_steps={meth.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
+                              f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
+        collector = SwagCollector(
+            lambda: gathered_params(accelerator, model, named), swag_start=int(meth.swag_start),
+            max_rank=int(meth.swag_max_num_models), c_epochs=int(meth.swag_c_epochs), c_steps=int(meth.swag_c_steps),
+            steps_per_epoch=steps_per_epoch, force_save=int(meth.force_save),
+            reload_best=bool(meth.swag_start_with_lowest_loss), keep_deviations=bool(meth.swag_cov_mat),
+            device="cpu" if meth.swag_device == "cpu" else accelerator.device)
+
+    def reload_best() -> int | None:
+        if best.epoch is None:
+            return None
+        inner.load_adapter(best.folder)
+        log(f"[swag-lora] SWAG starts from the lowest-validation-loss adapter (epoch {best.epoch})")
+        return best.epoch
 
     # ---------------------------------------------------------------- resume
     start_epoch, skip_batches, global_step, resumed_loss = 0, 0, 0, (0.0, 0)
-    best = {"accuracy": -1.0, "nll": float("inf"), "epoch": -1}
     if resume_state is not None:
-        state, posterior = resume_state(inner.trainable_state(), optimizer, scheduler, post_device)
+        state, posterior = resume_state(inner.trainable_state(), optimizer, collector.device if collector else "cpu")
         start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
-        best = state["best"]
+        best.load_state(state["best"])
+        if collector:
+            collector.load_state(state["swag"], posterior)
         resumed_loss = (state.get("loss_sum", 0.0), state.get("loss_count", 0))
         _truncate_log(rd, start_epoch)
         log(f"[swag-lora] resumed from checkpoint: epoch {start_epoch + 1}, batch {skip_batches}, step {global_step}")
@@ -163,31 +207,22 @@ def train(cfg: DictConfig) -> Path:
     wandb_run = _init_wandb(cfg, rd, accelerator)
     _Stop.install()
 
-    collect_seconds = 0.0
-
-    def collect() -> None:
-        nonlocal posterior, collect_seconds
-        t = time.time()
-        with gathered_params(accelerator, model, named) as full:
-            if posterior is None:
-                posterior = SwagPosterior({n: t.shape for n, t in full.items()}, max_rank=int(meth.swag_max_num_models),
-                                          device=post_device)
-            posterior.collect(full)
-        collect_seconds += time.time() - t
-
     def save_state(epoch: int, batches_done: int, loss_sum=None, loss_count: int = 0) -> None:
         """Checkpoint; mid-epoch (batches_done > 0) also keeps the epoch's running train loss."""
         partial = float(accelerator.reduce(loss_sum, "mean")) if batches_done else 0.0
         if accelerator.is_main_process:
             ckpt.save_checkpoint(rd / "checkpoint", trainable=inner.trainable_state(), optimizer=optimizer,
-                                 scheduler=scheduler, posterior=posterior,
+                                 posterior=collector.posterior if collector else None,
                                  state={"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
-                                        "best": best, "loss_sum": partial, "loss_count": loss_count if batches_done else 0})
+                                        "best": best.state(), "swag": collector.state() if collector else None,
+                                        "loss_sum": partial, "loss_count": loss_count if batches_done else 0})
         accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- epochs
     for epoch in range(start_epoch, last_epoch):
         t0 = time.time()
+        if collector and skip_batches == 0:
+            collector.on_epoch_start(epoch, reload_best)
         sampler.set_epoch(epoch)
         loader.set_epoch(epoch)        # Accelerate's loader would otherwise count epochs from 0 after a resume
         model.train()
@@ -197,9 +232,13 @@ def train(cfg: DictConfig) -> Path:
         loss_sum = torch.full((), resumed_loss[0], device=accelerator.device)
         loss_count = resumed_loss[1]
         resumed_loss = (0.0, 0)
+        collect_seconds = 0.0
         bar = tqdm(epoch_loader, desc=f"epoch {epoch + 1}/{last_epoch}", leave=False, mininterval=1.0,
                    disable=not accelerator.is_local_main_process, initial=skip_batches, total=len(loader))
         for batch_idx, batch in enumerate(bar, start=skip_batches):
+            lr = schedule(epoch * batches_per_epoch + batch_idx)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
                 logits = model(**batch)
@@ -212,18 +251,17 @@ def train(cfg: DictConfig) -> Path:
             loss_sum += loss.detach()
             loss_count += 1
             if batch_idx % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
             if accelerator.sync_gradients:
-                scheduler.step()
                 global_step += 1
-                if swag_on and int(meth.swag_c_steps) > 0:
-                    since = global_step - int(meth.swag_start) * steps_per_epoch
-                    if since > 0 and since % int(meth.swag_c_steps) == 0:
-                        collect()
+                if collector:
+                    t = time.time()
+                    collector.on_optimizer_step(global_step)
+                    collect_seconds += time.time() - t
                 if int(exp.log_every_steps) > 0 and global_step % int(exp.log_every_steps) == 0:
                     step_loss = float(accelerator.reduce(loss.detach(), "mean"))   # a collective: every rank
                     if wandb_run:
-                        wandb_run.log({"train/loss_step": step_loss, "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+                        wandb_run.log({"train/loss_step": step_loss, "train/lr": lr}, step=global_step)
                 if int(exp.checkpoint_every_steps) > 0 and global_step % int(exp.checkpoint_every_steps) == 0:
                     save_state(epoch, batch_idx + 1, loss_sum, loss_count)
                 _fault_injection("SWAG_LORA_TEST_SIGNAL_AT_STEP", global_step, signal.SIGUSR1)
@@ -233,33 +271,35 @@ def train(cfg: DictConfig) -> Path:
                     raise SystemExit(SIGNAL_EXIT_CODE)
         skip_batches = 0
         train_loss = float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean"))   # mean over processes
+        if collector:
+            t = time.time()
+            collector.on_epoch_end(epoch)
+            collect_seconds += time.time() - t
+        row = {"epoch": epoch + 1, "step": global_step, "lr": lr, "train_loss": train_loss,
+               "train_seconds": round(time.time() - t0, 3), "collect_seconds": round(collect_seconds, 4)}
 
-        if swag_on and int(meth.swag_c_steps) == 0 and _epoch_due(epoch, meth):
-            collect()
-        train_seconds = time.time() - t0
-
-        # validation: MAP weights, and SWA (posterior mean) once collecting
-        row = {"epoch": epoch + 1, "step": global_step, "lr": scheduler.get_last_lr()[0], "train_loss": train_loss,
-               "train_seconds": round(train_seconds, 3), "collect_seconds": round(collect_seconds, 4)}
-        collect_seconds = 0.0
+        # validation: the current weights, and the SWA mean after an epoch that collected
         val = _validate(model, feats["validation"], collator, cfg, accelerator)
         row.update({f"val_{k}": v for k, v in val.items()})
-        if posterior is not None:
+        if collector and collector.collected_this_epoch:
             t_swa = time.time()
-            swa = draw_probs(model, feats["validation"], collator, int(exp.eval_batch_size), "swag", posterior=posterior,
-                             named=named, scale=0.0, accelerator=accelerator)
+            swa = draw_probs(model, feats["validation"], collator, int(exp.eval_batch_size), "swag",
+                             posterior=collector.posterior, named=named, scale=0.0, accelerator=accelerator)[0]
             labels = np.array([f["label"] for f in feats["validation"]])
-            row.update({"swa_val_accuracy": M.accuracy(swa[0], labels), "swa_val_nll": M.nll(swa[0], labels),
-                        "swa_val_ece": M.expected_calibration_error(swa[0], labels)})
-            row["num_snapshots"] = posterior.num_snapshots
+            row.update({"swa_val_loss": M.nll(swa, labels), "swa_val_accuracy": M.accuracy(swa, labels),
+                        "swa_val_ece": M.expected_calibration_error(swa, labels)})
+            row["swa_val_nll"] = row["swa_val_loss"]
             row["swa_val_seconds"] = round(time.time() - t_swa, 3)
+        if collector and collector.posterior is not None:
+            row["num_snapshots"] = collector.posterior.num_snapshots
         row["epoch_seconds"] = round(time.time() - t0, 2)
-        if (val["accuracy"], -val["nll"]) > (best["accuracy"], -best["nll"]):
-            best = {"accuracy": val["accuracy"], "nll": val["nll"], "epoch": epoch + 1}
-            if accelerator.is_main_process:
-                with atomic_dir(rd / "base_model") as tmp:
-                    inner.save_adapter(tmp)
-        if accelerator.is_main_process:
+
+        # the MAP adapter (lowest validation loss) and the SWAG model (the original's save rule)
+        main = accelerator.is_main_process
+        best.update(val["loss"], epoch, lambda folder: main and _save_adapter(inner, folder))
+        if collector and collector.should_save(epoch, row.get("swa_val_loss")) and main:
+            _save_swag_model(inner, named, collector.posterior, rd / "swag_model", cfg)
+        if main:
             _append_log(rd, row)
         if wandb_run:
             wandb_run.log({k.replace("val_", "val/", 1) if k.startswith("val_") else k: v for k, v in row.items()}, step=global_step)
@@ -267,13 +307,14 @@ def train(cfg: DictConfig) -> Path:
         save_state(epoch + 1, 0)
         _fault_injection("SWAG_LORA_TEST_KILL_AFTER_EPOCH", epoch + 1, signal.SIGKILL)
 
-    # ---------------------------------------------------------------- final saves
-    if posterior is not None and accelerator.is_main_process:
-        _save_swag_model(inner, named, posterior, rd / "swag_model", cfg)
+    # ---------------------------------------------------------------- the run's record
     if accelerator.is_main_process:
-        info = {"status": "finished", "epochs_trained": last_epoch, "global_step": global_step, "best": best,
-                "num_snapshots": posterior.num_snapshots if posterior else 0, "num_processes": world,
-                "data": splits.source}
+        post = collector.posterior if collector else None
+        info = {"status": "finished", "epochs_trained": last_epoch, "global_step": global_step,
+                "base_model_epoch": best.epoch, "base_model_val_loss": best.state()["loss"],
+                "reloaded_from_epoch": collector.reloaded_from_epoch if collector else None,
+                "swag_saved_epoch": collector.saved_epoch if collector else None,
+                "num_snapshots": post.num_snapshots if post else 0, "num_processes": world, "data": splits.source}
         with atomic_write(rd / RUN_INFO) as tmp:
             tmp.write_text(json.dumps(info, indent=1))
     accelerator.wait_for_everyone()
@@ -299,23 +340,27 @@ def _stop_requested(accelerator) -> bool:
 
 
 def _validate(model, feats, collator, cfg, accelerator) -> dict[str, float]:
+    """Validation metrics of the current weights; `loss` is the mean cross-entropy (also logged as `nll`)."""
     probs = draw_probs(model, feats, collator, int(cfg.experiment.eval_batch_size), "base", accelerator=accelerator)[0]
     labels = np.array([f["label"] for f in feats])
-    return {"loss": M.nll(probs, labels), "accuracy": M.accuracy(probs, labels), "nll": M.nll(probs, labels),
+    loss = M.nll(probs, labels)
+    return {"loss": loss, "accuracy": M.accuracy(probs, labels), "nll": loss,
             "ece": M.expected_calibration_error(probs, labels)}
+
+
+def _save_adapter(inner, folder: Path) -> None:
+    with atomic_dir(folder) as tmp:
+        inner.save_adapter(tmp)
 
 
 def _save_swag_model(inner, named, posterior: SwagPosterior, folder: Path, cfg) -> None:
     """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
-    saved = {n: t.detach().clone() for n, t in named.items()}
-    SwagPosterior.write_(named, posterior.mean())
-    try:
+    with swapped(named):
+        SwagPosterior.write_(named, posterior.mean())
         with atomic_dir(folder) as tmp:
             inner.save_adapter(tmp)
             posterior.save(tmp)
             (tmp / "swag_config.json").write_text(json.dumps(OmegaConf.to_container(cfg.method), indent=1))
-    finally:
-        SwagPosterior.write_(named, saved)
 
 
 def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
@@ -341,13 +386,13 @@ def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
         if old is not None:
             _check_same_run(old, cfg)
 
-        def resume(trainable, optimizer, scheduler, post_device):
+        def resume(trainable, optimizer, post_device):
             errors = []
             for folder in (rd / "checkpoint", ckpt.previous_good(rd / "checkpoint")):
                 if not (folder / ckpt.STATE).is_file():
                     continue
                 try:
-                    return ckpt.load_checkpoint(folder, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
+                    return ckpt.load_checkpoint(folder, trainable=trainable, optimizer=optimizer,
                                                 posterior_device=post_device)
                 except ckpt.CheckpointError as e:
                     errors.append(str(e))
@@ -364,7 +409,8 @@ def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
 
 RESUME_IGNORES = {"experiment.resume", "experiment.overwrite", "experiment.wandb_mode", "experiment.wandb_path",
                   "experiment.wandb_group", "experiment.log_every_steps", "experiment.checkpoint_every_steps",
-                  "experiment.data_path", "experiment.model_path", "experiment.offline", "evaluation"}
+                  "experiment.data_path", "experiment.model_path", "experiment.offline", "experiment.save_path",
+                  "experiment.eval_upon_save", "experiment.evaluate_after_training", "evaluation"}
 
 
 def _check_same_run(old: DictConfig, new: DictConfig) -> None:

@@ -12,10 +12,16 @@ CASES = [
     (["experiment.task=obqa2"], "unknown experiment.task 'obqa2'; allowed: arc-c"),
     (["experiment.task=mmlu", "experiment.subtask=anatomyy"], "unknown experiment.subtask 'anatomyy' for task 'mmlu'"),
     (["experiment.task=mmlu"], "experiment.subtask is required for task 'mmlu'"),
-    (["method.swag_anneal_strategy=cos"], "unknown method.swag_anneal_strategy 'cos'; allowed: constant, linear, cosine, cosine_hard_restarts"),
+    (["method.swag_anneal_strategy=cosh"], "unknown method.swag_anneal_strategy 'cosh'; allowed: linear, cos, cosine, constant, cosine_hard_restarts"),
     (["method.modules_to_swag=lora"], "unknown method.modules_to_swag 'lora'; allowed: grad_only, lora_only, all"),
     (["method.swag_start=6", "experiment.num_epochs=6"], "method.swag_start=6 must be in [0, experiment.num_epochs=6)"),
-    (["method.swag_start=8", "method.force_save=5", "experiment.num_epochs=12"], "method.swag_start + method.force_save = 8 + 5 exceeds experiment.num_epochs=12"),
+    (["method.swag_save_base_model=false"], "method.swag_start_with_lowest_loss=true reloads base_model/"),
+    (["experiment.batch_size=16", "experiment.gradient_accumulation_steps=3"], "experiment.batch_size=16 is the batch per optimizer step and must be a multiple of experiment.gradient_accumulation_steps=3"),
+    (["experiment.scheduler=cosine_hard_restarts"], "experiment.num_lr_cycles=0.5 must be an integer for experiment.scheduler=cosine_hard_restarts"),
+    (["experiment.train_biases=some"], "unknown experiment.train_biases 'some'; allowed: none, all, lora_only"),
+    (["experiment.prompt_style=chat"], "unknown experiment.prompt_style 'chat'; allowed: original, lines"),
+    (["experiment.val_split_size=1.5"], "experiment.val_split_size=1.5 must be in (0, 1)"),
+    (["experiment.max_grad_norm=-1"], "experiment.max_grad_norm=-1 must be >= 0"),
     (["method.swag_max_num_models=0", "method.swag_cov_mat=false"], "method.swag_max_num_models=0 must be >= 1"),
     (["method.swag_max_num_models=1"], "method.swag_max_num_models=1 must be >= 2 with method.swag_cov_mat=true"),
     (["experiment.learning_rate=0"], "experiment.learning_rate=0 must be a positive number"),
@@ -25,7 +31,8 @@ CASES = [
     (["experiment.task=obqa", "experiment.ood_task=obqa"], "experiment.ood_task='obqa' with ood_subtask='' is the in-distribution task"),
     (["experiment.task=demo", "experiment.ood_task=demo", "experiment.ood_subtask="], "is the in-distribution task itself"),
     (["experiment.ood_task=mmlu", "experiment.ood_subtask=chem"], "unknown experiment.ood_subtask 'chem' for task 'mmlu'"),
-    (["experiment.lr_scheduler=step"], "unknown experiment.lr_scheduler 'step'"),
+    (["experiment.lr_scheduler=step"], "unknown experiment.scheduler 'step'"),
+    (["experiment.scheduler=step"], "unknown experiment.scheduler 'step'"),
     (["experiment.task=stsb"], "experiment.task='stsb' is a regression task"),
     (["model.quantization=4bit"], "model.quantization=4bit needs"),
     (["experiment.mixed_precision=fp8"], "unknown experiment.mixed_precision 'fp8'; allowed: None, no, fp16, bf16"),
@@ -63,9 +70,11 @@ def test_the_verbatim_command_composes_and_validates():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: llama_3_1_8b, llama_7b_hf"),
+    (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: distilbert, llama_3_1_8b, llama_7b_hf"),
     (["method=swa"], "error: unknown method 'swa'; allowed: map, swag, swag_demo"),
     (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
+    (["experiment.scheduler=cosine", "experiment.lr_scheduler=linear"],
+     "error: experiment.lr_scheduler=linear and experiment.scheduler=cosine name the same setting; give one of them"),
 ])
 def test_command_line_prints_one_line_and_exits_2(args, message):
     t0 = time.time()

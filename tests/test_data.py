@@ -22,8 +22,16 @@ def test_obqa_counts_and_labels(shared_data):
     assert all(0 <= e["label"] < 4 and len(e["choices"]) == 4 for s in rows for e in examples("obqa", rows[s]))
 
 
-def test_arc_keeps_every_question(shared_data):
-    """The original dropped questions with 3 or 5 choices and numeric labels; we keep all."""
+def test_arc_keeps_the_original_four_choice_questions_unless_all_items(shared_data, tmp_path):
+    raw_datasetdict("arc-c", shared_data / "arc-c").save_to_disk(str(tmp_path / "arc-c"))
+    four = load_splits("arc-c", offline=True, data_path=str(tmp_path))
+    every = load_splits("arc-c", offline=True, data_path=str(tmp_path), all_items=True)
+    assert len(four.test) == 1165 and len(every.test) == 1172
+    assert {len(e["choices"]) for e in four.train + four.validation + four.test} == {4}
+
+
+def test_arc_rows_every_question(shared_data):
+    """The raw files hold questions with 3 or 5 choices and numeric labels; all are converted."""
     rows = raw_rows("arc-c", shared_data / "arc-c")
     assert {s: len(r) for s, r in rows.items()} == {"train": 1119, "validation": 299, "test": 1172}
     test = examples("arc-c", rows["test"])
@@ -42,11 +50,15 @@ def test_arc_keeps_every_question(shared_data):
 def test_cqa_offline_round_trip_carves_validation(shared_data, tmp_path):
     raw_datasetdict("cqa", shared_data / "cqa").save_to_disk(str(tmp_path / "cqa"))
     s = load_splits("cqa", offline=True, data_path=str(tmp_path), seed=3, val_fraction=0.1)
-    assert len(s.train) + len(s.validation) == 9741 and len(s.validation) == 974
+    assert len(s.train) + len(s.validation) == 9741 and len(s.validation) == 975
+    # the same rows as the original's datasets.train_test_split(test_size=0.1, seed=3)
+    from datasets import load_from_disk
+    ref = load_from_disk(str(tmp_path / "cqa"))["train"].train_test_split(test_size=0.1, seed=3)
+    assert sorted(r["question"] for r in ref["test"]) == sorted(e["text"] for e in s.validation)
     assert len(s.test) == 1221               # the official (labelled) validation split is the test split
     assert s.source["splits"]["test"] == "validation"
-    again = load_splits("cqa", offline=True, data_path=str(tmp_path), seed=3)
-    other = load_splits("cqa", offline=True, data_path=str(tmp_path), seed=4)
+    again = load_splits("cqa", offline=True, data_path=str(tmp_path), seed=3, val_fraction=0.1)
+    other = load_splits("cqa", offline=True, data_path=str(tmp_path), seed=4, val_fraction=0.1)
     assert [e["text"] for e in again.validation] == [e["text"] for e in s.validation]
     assert [e["text"] for e in other.validation] != [e["text"] for e in s.validation]
     with pytest.raises(ValueError, match="no label"):   # the unlabelled test split can never be scored

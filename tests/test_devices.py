@@ -21,7 +21,8 @@ def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
     from swag_lora.predict import draw_probs
     from swag_lora.run import load_run
     rd, cfg = train_run(tmp_path, "model=tiny_llama", "model.dtype=bfloat16", "experiment.mixed_precision=bf16",
-                        "experiment.num_epochs=3", "method.swag_start=1", "method.swag_max_num_models=3")
+                        "experiment.num_epochs=3", "method.swag_start=1", "method.swag_max_num_models=3",
+                        "method.force_save=1")   # the posterior of epoch 3 is kept (new minimum or forced)
     run = load_run(rd)   # on the GPU when there is one
     dtypes = {p.dtype for n, p in run.model.named_parameters() if "lora_" not in n and "head" not in n}
     assert dtypes == {torch.bfloat16}

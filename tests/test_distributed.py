@@ -72,7 +72,7 @@ def test_two_process_evaluation_scores_every_row_once(tmp_path):
                           "-m", "swag_lora.evaluate", *common, f"evaluation.output_dir={tmp_path / 'two'}"],
                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
-    name = "swag_s3_scale0.5_id_demo_test"
+    name = "swag_s3_scale1_id_demo_test"
     a, b = np.load(tmp_path / "one" / f"{name}.npz"), np.load(tmp_path / "two" / f"{name}.npz")
     assert a["probs"].shape == (37, 4)
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)

@@ -132,7 +132,7 @@ def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
         p = _script(name, {**common, **env}, *extra)
         assert p.returncode == 0, p.stderr[-2000:]
     names = sorted(f.name for f in out.glob("*.json"))
-    assert "swa_id_demo_test.json" in names and "multiswag_s2_scale0.5_m2_ood_demo_shifted_test.json" in names
+    assert "swa_id_demo_test.json" in names and "multiswag_s2_scale1_m2_ood_demo_shifted_test.json" in names
     rec = json.loads((out / "ensemble_m2_ood_demo_shifted_test.json").read_text())
     assert rec["settings"]["num_draws"] == 2 and rec["num_examples"] == 40
     assert rec["metrics"]["mutual_information"] > 0        # an ensemble's MI is not 0

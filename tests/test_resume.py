@@ -35,6 +35,9 @@ def assert_same_result(a, b):
     wa, wb = load_file(str(a / "checkpoint" / "trainable.safetensors")), load_file(str(b / "checkpoint" / "trainable.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+    ia, ib = json.loads((a / "run_info.json").read_text()), json.loads((b / "run_info.json").read_text())
+    for key in ("base_model_epoch", "reloaded_from_epoch", "swag_saved_epoch", "num_snapshots", "global_step"):
+        assert ia[key] == ib[key], key
     la = (a / "training_log.csv").read_text().splitlines()
     lb = (b / "training_log.csv").read_text().splitlines()
     assert [r.split(",")[:8] for r in la] == [r.split(",")[:8] for r in lb]   # same losses and metrics per epoch
@@ -54,7 +57,7 @@ def test_sigkill_after_a_snapshot_then_resume_equals_uninterrupted(reference, tm
     rd = run_dir(tmp_path)
     state = json.loads((rd / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 3 and state["has_posterior"]
-    assert not (rd / "swag_model").exists()
+    assert not (rd / "run_info.json").exists()
     p = launch(tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resumed from checkpoint: epoch 4" in p.stdout

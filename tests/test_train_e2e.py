@@ -22,8 +22,8 @@ def train_run(tmp_path, *overrides):
 @pytest.mark.parametrize("model,task", [("tiny_llama", "demo"), ("tiny_roberta", "demo")])
 def test_run_directory_contents(tmp_path, model, task):
     rd, cfg = train_run(tmp_path, f"model={model}", "experiment.num_epochs=3", "method.swag_start=1",
-                        "method.swag_max_num_models=3")
-    assert rd == tmp_path / task / model / "swag" / rd.name and rd.name.endswith("_seed0")
+                        "method.swag_max_num_models=3", "method.force_save=1")   # saved at epoch 3 (new minimum or forced)
+    assert rd == tmp_path / task / model / "swag" / rd.name and rd.name.endswith("_seed10")
     for f in ("config.yaml", "training_log.csv", "run_info.json", "base_model/adapter_model.safetensors",
               "base_model/adapter_config.json", "swag_model/adapter_model.safetensors",
               "swag_model/swag_posterior.safetensors", "swag_model/swag_posterior.json"):
@@ -67,18 +67,19 @@ def test_encoder_multiple_choice_on_real_obqa(tmp_path, shared_data):
                         "method.swag_max_num_models=2", "method.swag_c_steps=2", "method.modules_to_swag=lora_only")
     info = json.loads((rd / "run_info.json").read_text())
     assert info["num_snapshots"] == 3          # 6 steps/epoch from step 6: collections at steps 8, 10, 12
-    assert info["data"]["sizes"] == {"train": 4957, "validation": 500, "test": 500}
+    assert info["data"]["sizes"] == {"train": 4957, "validation": 500}
     post = SwagPosterior.load(rd / "swag_model")
     assert all("lora_" in n for n in post.shapes)
 
 
-def test_force_save_stops_early_and_lr_follows_schedule(tmp_path):
-    rd, cfg = train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=5", "method.swag_start=1",
+def test_stop_at_force_save_opt_in_stops_after_the_force_save_epoch(tmp_path):
+    rd, cfg = train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=6", "method.swag_start=1",
                         "method.force_save=2", "method.swag_max_num_models=2", "method.swag_anneal_strategy=constant",
-                        "method.swag_learning_rate=3e-4")
+                        "method.swag_learning_rate=3e-4", "method.stop_at_force_save=true")
     rows = list(csv.DictReader(open(rd / "training_log.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]       # stopped swag_start + force_save = 3 epochs in
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]    # 0-based epoch swag_start + force_save = 3 is the last
     assert float(rows[-1]["lr"]) == pytest.approx(3e-4)
+    assert json.loads((rd / "run_info.json").read_text())["swag_saved_epoch"] == 4
 
 
 def test_overwrite_false_refuses_finished_run(tmp_path):

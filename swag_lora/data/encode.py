@@ -1,6 +1,12 @@
 """Examples -> token ids (once per run) -> padded batches.
 
-Causal prompt (the model reads the answer letter after "Answer:"):
+Causal prompts (the model reads the answer letter after "Answer:").  `experiment.prompt_style=original`
+(the default) gives multiple-choice tasks the original's one-line prompt, with its choice clean-up (first
+letter capitalised; OBQA and MMLU choices end with a period):
+
+    Select one of the choices that answers the following question: <question> Choices: A. <c0> B. <c1> ... Answer:
+
+`lines` (and every classification task, which the original scored with a sequence-classification head):
 
     Question: <question>            (classification: "<Text name>: <text>" lines, then "Question: <task prompt>")
     A. <choice 0>
@@ -16,7 +22,20 @@ import torch
 from swag_lora.model import LETTERS
 
 
-def causal_prompt(task, ex: dict) -> str:
+PROMPT_STYLES = ("original", "lines")
+PERIOD_TASKS = ("obqa", "mmlu")   # the original appended a period to these tasks' choices
+
+
+def _original_choice(task, text: str) -> str:
+    if task.name in PERIOD_TASKS and not text.endswith("."):
+        text += "."
+    return text[:1].upper() + text[1:]
+
+
+def causal_prompt(task, ex: dict, style: str = "original") -> str:
+    if style == "original" and task.kind == "mc":
+        choices = " ".join(f"{LETTERS[i]}. {_original_choice(task, c)}" for i, c in enumerate(ex["choices"]))
+        return f"Select one of the choices that answers the following question: {ex['text']} Choices: {choices} Answer:"
     lines = []
     if task.kind == "cls":
         lines.append(f"{task.text_names[0]}: {ex['text']}")
@@ -30,14 +49,14 @@ def causal_prompt(task, ex: dict) -> str:
     return "\n".join(lines)
 
 
-def encode(examples: list[dict], tokenizer, kind: str, task, max_length: int) -> list[dict]:
+def encode(examples: list[dict], tokenizer, kind: str, task, max_length: int, prompt_style: str = "original") -> list[dict]:
     """Tokenise every example once: features with `input_ids` (a list, or one list per choice for
     multiple choice), optional `token_type_ids`, `num_choices`, `label` and `length`."""
     feats = []
     for ex in examples:
         n = len(ex["choices"])
         if kind == "causal":
-            enc = tokenizer(causal_prompt(task, ex), truncation=True, max_length=max_length)
+            enc = tokenizer(causal_prompt(task, ex, prompt_style), truncation=True, max_length=max_length)
             f = {"input_ids": enc["input_ids"]}
         elif kind == "seq_cls":
             enc = tokenizer(ex["text"], ex.get("text_pair"), truncation=True, max_length=max_length)

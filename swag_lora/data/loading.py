@@ -1,6 +1,7 @@
 """Load a task's splits: from the hub, from `save_to_disk` folders (offline), or generated (demo)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def _load_datasetdicts(task: Task, subtask: str, offline: bool, data_path: str |
     return [load_dataset(task.hub_id, task.config_for(subtask))]
 
 
-def _examples(task: Task, dds: list, split: str) -> list[dict]:
+def _examples(task: Task, dds: list, split: str, all_items: bool) -> list[dict]:
     out = []
     for dd in dds:
         if split not in dd:
             raise KeyError(f"task {task.name!r} has no split {split!r} (found: {', '.join(dd)})")
         out.extend(task.to_example(row) for row in dd[split])
+    if task.original_choices and not all_items:
+        out = [e for e in out if len(e["choices"]) == task.original_choices]
     return out
 
 
@@ -53,11 +56,14 @@ def load_splits(
     offline: bool = False,
     data_path: str | None = None,
     seed: int = 0,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.2,
     roles: tuple[str, ...] = ("train", "validation", "test"),
+    all_items: bool = False,
 ) -> Splits:
-    """Examples by role.  Where the task's validation is carved, `val_fraction` of train (shuffled with
-    `seed`) becomes validation and the rest trains; the official validation split is then the test split.
+    """Examples by role.  Where the task's validation is carved, `val_fraction` of train becomes validation
+    and the rest trains -- the same rows as the original's `datasets` `train_test_split(test_size=val_fraction,
+    seed=seed)` -- and the official validation split is then the test split.  Tasks whose original loader kept
+    only questions with `Task.original_choices` choices (ARC: 4) are filtered so unless `all_items`.
     Rows without a label are never returned for a role that needs one."""
     task = get_task(task_name)
     subtask = subtask or ""
@@ -66,22 +72,22 @@ def load_splits(
     result: dict[str, list[dict]] = {r: [] for r in ("train", "validation", "test")}
     need_train = "train" in roles or ("validation" in roles and names["validation"] is None)
     if need_train:
-        train = _examples(task, dds, names["train"])
+        train = _examples(task, dds, names["train"], all_items)
         if names["validation"] is None:
             order = np.random.default_rng(seed).permutation(len(train))
-            n_val = max(1, int(round(val_fraction * len(train))))
+            n_val = math.ceil(val_fraction * len(train))
             result["validation"] = [train[i] for i in sorted(order[:n_val])]
             train = [train[i] for i in sorted(order[n_val:])]
         result["train"] = train
     if "validation" in roles and names["validation"] is not None:
-        result["validation"] = _examples(task, dds, names["validation"])
+        result["validation"] = _examples(task, dds, names["validation"], all_items)
     if "test" in roles:
-        result["test"] = _examples(task, dds, names["test"])
+        result["test"] = _examples(task, dds, names["test"], all_items)
     for role in roles:
         unlabelled = sum(1 for e in result[role] if e["label"] < 0)
         if unlabelled:
             raise ValueError(f"{unlabelled} rows of {task.name} {role} split have no label; this split cannot be scored")
-    source = {"task": task.name, "subtask": subtask, "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
+    source = {"task": task.name, "subtask": subtask, "all_items": all_items, "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
                                                               for r in ("train", "validation", "test")},
               "sizes": {r: len(result[r]) for r in roles}}
     return Splits(result["train"], result["validation"], result["test"], source)

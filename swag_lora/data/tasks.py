@@ -94,6 +94,7 @@ class Task:
     text_names: tuple[str, str] = ("Text", "Text 2")
     report_mcc: bool = False
     regression: bool = False
+    original_choices: int | None = None        # the original kept only questions with this many choices
 
     def config_for(self, subtask: str) -> str | None:
         return subtask if (subtask and self.subtasks) else self.hub_config
@@ -122,10 +123,10 @@ def _glue(name: str, a: str, b: str | None, labels: tuple[str, ...], prompt: str
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("obqa", "allenai/openbookqa", "mc", _letter_mc("question_stem"), OFFICIAL, 4, hub_config="main"),
-    Task("arc-e", "allenai/ai2_arc", "mc", _letter_mc("question"), OFFICIAL, 5, hub_config="ARC-Easy"),
-    Task("arc-c", "allenai/ai2_arc", "mc", _letter_mc("question"), OFFICIAL, 5, hub_config="ARC-Challenge"),
+    Task("arc-e", "allenai/ai2_arc", "mc", _letter_mc("question"), OFFICIAL, 5, hub_config="ARC-Easy", original_choices=4),
+    Task("arc-c", "allenai/ai2_arc", "mc", _letter_mc("question"), OFFICIAL, 5, hub_config="ARC-Challenge", original_choices=4),
     Task("cqa", "tau/commonsense_qa", "mc", _letter_mc("question"), CARVED, 5),
-    Task("mmlu", "cais/mmlu", "mc", _mmlu, {"train": "validation", "validation": "dev", "test": "test"}, 4,
+    Task("mmlu", "cais/mmlu", "mc", _mmlu, {"train": "dev", "validation": "validation", "test": "test"}, 4,
          subtasks=MMLU_SUBJECTS + tuple(g for g in MMLU_GROUPS if g not in MMLU_SUBJECTS), subtask_required=True),
     Task("swag", "allenai/swag", "mc", _swag, CARVED, 4, hub_config="regular"),
     Task("winogrande", "allenai/winogrande", "mc", _winogrande, CARVED, 2, hub_config="winogrande_xl",
