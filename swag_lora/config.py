@@ -200,8 +200,15 @@ def validate_eval(cfg: DictConfig) -> None:
             _fail("evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
         paths = [ev.eval_model_path]
     for p in paths:
-        if find_run_dir(p) is None:
+        rd = find_run_dir(p)
+        if rd is None:
             _fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
+        meta = rd / "swag_model" / "swag_posterior.json"
+        if ev.eval_method in ("swag", "multiswag") and ev.swag_cov_mat and meta.is_file():
+            import json
+            if not json.loads(meta.read_text()).get("keep_deviations", True):
+                _fail(f"the SWAG posterior of {rd} is diagonal (trained with method.swag_cov_mat=false): it has no "
+                      f"low-rank term; evaluate it with evaluation.swag_cov_mat=false (SWAG_COV_MAT=false)")
     _positive(ev.num_samples, "evaluation.num_samples", integer=True)
     if ev.swag_sample_scale is not None and float(ev.swag_sample_scale) < 0:
         _fail(f"evaluation.swag_sample_scale={ev.swag_sample_scale} must be >= 0 (or null: the run's method.swag_sample_scale)")
@@ -224,17 +231,48 @@ def find_run_dir(path: str | os.PathLike) -> Path | None:
     return None
 
 
+# keys that never change what is trained: paths, logging, resume policy, the closing evaluation
+NOT_TRAINING = ("experiment.resume", "experiment.overwrite", "experiment.wandb_mode", "experiment.wandb_path",
+                "experiment.wandb_group", "experiment.wandb_project", "experiment.log_every_steps",
+                "experiment.checkpoint_every_steps", "experiment.data_path", "experiment.model_path", "experiment.offline",
+                "experiment.save_folder", "experiment.save_path", "experiment.exp_name", "experiment.eval_upon_save",
+                "experiment.evaluate_after_training", "experiment.ood_task", "experiment.ood_subtask",
+                "experiment.ood_batch_size", "evaluation", "hydra")
+
+
+def training_settings(cfg: DictConfig) -> dict:
+    """Every setting that can change what a run trains, flattened to `group.key` -> value."""
+    from omegaconf import OmegaConf
+
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            key = f"{prefix}{k}"
+            if key in NOT_TRAINING:
+                continue
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+    return flat(OmegaConf.to_container(cfg, resolve=True))
+
+
 def default_exp_name(cfg: DictConfig) -> str:
     exp, meth = cfg.experiment, cfg.method
     name = f"lr{exp.learning_rate:g}_bs{exp.batch_size}_ep{exp.num_epochs}_r{exp.lora_r}"
     if meth.method_name == "swag":
         name += (f"_swag{meth.swag_start}-{meth.swag_learning_rate:g}-{meth.swag_anneal_strategy}"
                  f"-k{meth.swag_max_num_models}" + (f"-c{meth.swag_c_steps}st" if meth.swag_c_steps else ""))
-    return name + f"_seed{exp.seed}"
+    return name
 
 
 def run_dir(cfg: DictConfig) -> Path:
-    """`<save_folder>/<task>[_<subtask>]/<model>/<method>/<exp_name>/` -- the same on every rank."""
+    """`<save_folder>/<task>[_<subtask>]/<model>/<method>/<exp_name>_seed<seed>_<fingerprint>/` -- the same on every
+    rank.  The fingerprint hashes every training setting but the seed, so two runs that differ in any of them
+    never share a directory (and `overwrite` can only replace the same run), while seeds differ only in `seed<N>`."""
+    import hashlib
+    import json
     exp = cfg.experiment
+    settings = {k: v for k, v in training_settings(cfg).items() if k != "experiment.seed"}
+    fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     task_dir = f"{exp.task}_{exp.subtask}" if exp.subtask else exp.task
-    return Path(exp.save_folder) / task_dir / cfg.model.name / cfg.method.method_name / (exp.exp_name or default_exp_name(cfg))
+    name = f"{exp.exp_name or default_exp_name(cfg)}_seed{exp.seed}_{fingerprint}"
+    return Path(exp.save_folder) / task_dir / cfg.model.name / cfg.method.method_name / name

@@ -35,7 +35,8 @@ def main_train(cfg: DictConfig) -> int:
     except ConfigError as e:
         return _fail(e)
     from swag_lora.checkpoint import CheckpointError
-    from swag_lora.train import train
+    from swag_lora.train import _Stop, train
+    _Stop.install()     # from here on SIGTERM/SIGUSR1 end the run cleanly (deferred to a checkpoint while training)
     try:
         rd = train(cfg)
     except (ConfigError, CheckpointError) as e:
@@ -134,7 +135,9 @@ def check_members(cfgs: list[DictConfig], method: str) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
-def _encode_split(run: LoadedRun, task_name: str, subtask: str, split: str, exp: DictConfig, seed: int):
+def _encode_split(run: LoadedRun, task_name: str, subtask: str, split: str, exp: DictConfig, seed: int,
+                  rows: list[dict] | None = None, source: str = ""):
+    """Features + collator of one split (or of given `rows`), checked against what the model can score."""
     from swag_lora.data import get_task, load_splits
     from swag_lora.data.encode import Collator, encode
     task = get_task(task_name)
@@ -146,17 +149,18 @@ def _encode_split(run: LoadedRun, task_name: str, subtask: str, split: str, exp:
     if kind == "multiple_choice" and task.kind != "mc":
         raise ConfigError(f"task {task_name!r} is classification; the model was trained for multiple choice on {train_task.name!r}")
     train_exp = run.cfg.experiment   # data settings of the run (old runs: what they were trained with)
-    splits = load_splits(task_name, subtask, offline=exp.offline, data_path=exp.data_path, seed=seed,
-                         val_fraction=float(exp.val_fraction), roles=(split,),
-                         all_items=bool(train_exp.get("arc_all_items", True)))
-    rows = splits[split]
+    if rows is None:
+        splits = load_splits(task_name, subtask, offline=exp.offline, data_path=exp.data_path, seed=seed,
+                             val_fraction=float(exp.val_fraction), roles=(split,),
+                             all_items=bool(train_exp.get("arc_all_items", True)))
+        rows, source = splits[split], splits.source["splits"][split]
     if int(exp.get("max_eval_samples", 0) or 0) > 0:
         rows = rows[: int(exp.max_eval_samples)]
     feats = encode(rows, run.tokenizer, kind, task, run.cfg.model.max_length, train_exp.get("prompt_style", "lines"))
     width = run.model.num_choices if kind != "multiple_choice" else max(task.num_choices, 1)
     collator = Collator(run.tokenizer.pad_token_id, kind, width, run.tokenizer.padding_side)
     return feats, collator, {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
-                             "split_source": splits.source["splits"][split], "num_examples": len(feats)}
+                             "split_source": source, "num_examples": len(feats)}
 
 
 def _draws_for_member(run: LoadedRun, method: str, feats, collator, ev: DictConfig, batch_size: int, member: int,
@@ -224,13 +228,25 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None, distributed: 
              "ood": int(exp.get("ood_batch_size") or train_exp.ood_batch_size)}
     draw_method = {"ensemble": "base", "temperature": "base"}.get(method, method)
 
-    temperature = None
+    temperature, temperature_source = None, None
     if method == "temperature" or ev.temperature_scaling:
-        vf, vc, vinfo = _encode_split(runs[0], task, subtask, "validation", data_exp, int(train_exp.seed))
+        rows, temperature_source = None, None
+        if len(runs) > 1:   # rows no member trained on
+            from swag_lora.data.loading import held_out_validation
+            rows, temperature_source = held_out_validation(
+                task, subtask, [(int(r.cfg.experiment.seed), float(r.cfg.experiment.val_fraction)) for r in runs],
+                offline=bool(data_exp.offline), data_path=data_exp.data_path,
+                all_items=bool(train_exp.get("arc_all_items", True)))
+            if not rows:
+                raise ConfigError(f"temperature scaling of a {method}: no validation row of {task} is held out by every "
+                                  f"member ({temperature_source}); evaluate without temperature scaling")
+        vf, vc, vinfo = _encode_split(runs[0], task, subtask, "validation", data_exp, int(train_exp.seed), rows,
+                                      temperature_source or "")
+        temperature_source = vinfo["split_source"]
         vlabels = np.array([f["label"] for f in vf])
         vprobs = np.concatenate([_draws_for_member(r, draw_method, vf, vc, ev, batch["id"], i, accelerator)
                                  for i, r in enumerate(runs)])[..., : vinfo["num_choices"]]
-        temperature = fit_temperature(vprobs.mean(0), vlabels)
+        temperature = fit_temperature(vprobs, vlabels)
 
     results, id_members = [], None
     for dist, t, st, split in targets:
@@ -254,7 +270,8 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None, distributed: 
             "settings": {"num_samples": int(ev.num_samples) if method in ("dropout", "swag", "multiswag") else 1,
                          "swag_sample_scale": float(ev.swag_sample_scale) if method in ("swag", "multiswag") else None,
                          "swag_cov_mat": bool(ev.swag_cov_mat) if method in ("swag", "multiswag") else None,
-                         "temperature": temperature, "seed": int(ev.seed), "num_members": len(runs),
+                         "temperature": temperature, "temperature_scaling": temperature is not None,
+                         "temperature_source": temperature_source, "seed": int(ev.seed), "num_members": len(runs),
                          "num_draws": int(members.shape[0])},
             "distribution": dist, **info, "num_classes": int(members.shape[2]),
             "model": runs[0].cfg.model.name, "train_task": train_exp.task, "train_subtask": train_exp.subtask or "",
@@ -272,10 +289,10 @@ def evaluate(cfg: DictConfig, runs: list[LoadedRun] | None = None, distributed: 
 
 
 def method_label(method: str, ev: DictConfig) -> str:
-    """A short name for tables: SWA is SWAG at scale 0, MultiSWA likewise."""
-    if method in ("swag", "multiswag") and float(ev.swag_sample_scale) == 0:
-        return "swa" if method == "swag" else "multiswa"
+    """A short name for tables: SWA is SWAG at scale 0, MultiSWA likewise; "+ts" marks temperature scaling."""
     label = method if method != "base" else "map"
+    if method in ("swag", "multiswag") and float(ev.swag_sample_scale) == 0:
+        label = "swa" if method == "swag" else "multiswa"
     if ev.get("temperature_scaling") and method != "temperature":
         label += "+ts"
     return label

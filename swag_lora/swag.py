@@ -152,12 +152,12 @@ class SwagPosterior:
             raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
         if scale < 0:
             raise ValueError(f"scale must be >= 0, got {scale}")
-        if cov and not self.keep_deviations:
-            raise ValueError("this SWAG posterior is diagonal (collected with swag_cov_mat=false): it has no "
-                             "low-rank term; sample with cov=False")
         if scale == 0:
             theta.copy_(self._mean)
             return
+        if cov and not self.keep_deviations:
+            raise ValueError("this SWAG posterior is diagonal (collected with swag_cov_mat=false): it has no "
+                             "low-rank term; sample with cov=False")
         root = math.sqrt(scale)
         theta.normal_(generator=generator)   # z1
         k = self.rank if k is None else int(k)

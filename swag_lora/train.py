@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from swag_lora import checkpoint as ckpt
 from swag_lora import metrics as M
-from swag_lora.config import ConfigError, go_offline, run_dir
+from swag_lora.config import ConfigError, go_offline, run_dir, training_settings
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, encode
 from swag_lora.distributed import gathered_params
@@ -55,13 +55,18 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class _Stop:
-    """Set by SIGTERM/SIGUSR1 (Slurm's pre-emption warning): checkpoint at the next step and exit."""
+    """SIGTERM/SIGUSR1 (Slurm's pre-emption warning).  Inside the epochs (`deferring`) the loop checkpoints at the
+    next step or epoch end and exits 99; anywhere else (loading, the closing evaluation) the process ends at once
+    with status 128 + signal number -- every file is written atomically, so nothing is left half-written."""
     requested = False
+    deferring = False
 
     @classmethod
     def install(cls) -> None:
         def handler(signum, frame):
             cls.requested = True
+            if not cls.deferring:
+                raise SystemExit(128 + signum)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             try:
                 signal.signal(sig, handler)
@@ -137,8 +142,7 @@ def train(cfg: DictConfig) -> Path:
                           f"experiment.gradient_accumulation_steps={accum} x {world} process(es)")
     rd = run_dir(cfg)
     with open_dict(cfg):
-        cfg.experiment.exp_name = rd.name          # config.yaml records the generated name
-        cfg.experiment.save_path = str(rd)         # and where the run lives (the original's key)
+        cfg.experiment.save_path = str(rd)         # config.yaml records where the run lives (the original's key)
     resume_state = _prepare_run_dir(cfg, rd, accelerator)
     set_seed(int(exp.seed))
     log = accelerator.print
@@ -205,7 +209,6 @@ def train(cfg: DictConfig) -> Path:
         log(f"[swag-lora] resumed from checkpoint: epoch {start_epoch + 1}, batch {skip_batches}, step {global_step}")
 
     wandb_run = _init_wandb(cfg, rd, accelerator)
-    _Stop.install()
 
     def save_state(epoch: int, batches_done: int, loss_sum=None, loss_count: int = 0) -> None:
         """Checkpoint; mid-epoch (batches_done > 0) also keeps the epoch's running train loss."""
@@ -219,6 +222,7 @@ def train(cfg: DictConfig) -> Path:
         accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- epochs
+    _Stop.deferring = True
     for epoch in range(start_epoch, last_epoch):
         t0 = time.time()
         if collector and skip_batches == 0:
@@ -306,6 +310,10 @@ def train(cfg: DictConfig) -> Path:
         log("[swag-lora] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         save_state(epoch + 1, 0)
         _fault_injection("SWAG_LORA_TEST_KILL_AFTER_EPOCH", epoch + 1, signal.SIGKILL)
+        if epoch + 1 < last_epoch and _stop_requested(accelerator):
+            log(f"[swag-lora] pre-emption signal: checkpoint written at the end of epoch {epoch + 1}; exiting")
+            raise SystemExit(SIGNAL_EXIT_CODE)
+    _Stop.deferring = False
 
     # ---------------------------------------------------------------- the run's record
     if accelerator.is_main_process:
@@ -407,24 +415,9 @@ def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
     return None
 
 
-RESUME_IGNORES = {"experiment.resume", "experiment.overwrite", "experiment.wandb_mode", "experiment.wandb_path",
-                  "experiment.wandb_group", "experiment.log_every_steps", "experiment.checkpoint_every_steps",
-                  "experiment.data_path", "experiment.model_path", "experiment.offline", "experiment.save_path",
-                  "experiment.eval_upon_save", "experiment.evaluate_after_training", "evaluation"}
-
-
 def _check_same_run(old: DictConfig, new: DictConfig) -> None:
-    """A resumed run must train the same thing: compare flattened configs, ignoring paths and logging."""
-    def flat(c, prefix=""):
-        out = {}
-        for k, v in c.items():
-            key = f"{prefix}{k}"
-            if key in RESUME_IGNORES or key.split(".")[0] in RESUME_IGNORES:
-                continue
-            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-    a = flat(OmegaConf.to_container(old, resolve=True))
-    b = flat(OmegaConf.to_container(new, resolve=True))
+    """A resumed run must train the same thing (the directory's fingerprint says so; this guards edited files)."""
+    a, b = training_settings(old), training_settings(new)
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         raise ConfigError(f"cannot resume: {diff[0]}={b.get(diff[0])!r} differs from the checkpointed run's "

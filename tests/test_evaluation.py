@@ -97,6 +97,64 @@ def test_temperature_fit_matches_grid_search():
     assert 3 < t < 5
 
 
+def test_multi_draw_temperature_minimises_the_nll_of_the_average_as_applied():
+    """10 draws that disagree: the T fitted on log(mean p) (the old fit) is not the T that minimises the validation
+    NLL of mean_s softmax(log p_s / T), which is how the temperature is applied; the fit finds the latter."""
+    rng = np.random.default_rng(3)
+    n, c, s = 500, 4, 10
+    centre = rng.normal(size=(n, c)) * 3
+    labels = np.array([rng.choice(c, p=np.exp(z / 3) / np.exp(z / 3).sum()) for z in centre])
+    logits = centre[None] + rng.normal(size=(s, n, c)) * 2.5
+    draws = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    grid = np.exp(np.linspace(np.log(0.3), np.log(10), 2001))
+    applied = [M.nll(apply_temperature(draws, g).mean(0), labels) for g in grid]
+    best = grid[int(np.argmin(applied))]
+    t = fit_temperature(draws, labels)
+    assert t == pytest.approx(best, rel=0.01)
+    old = fit_temperature(draws.mean(0), labels)       # the temperature of the averaged distribution
+    assert abs(old - best) / best > 0.2
+    assert M.nll(apply_temperature(draws, t).mean(0), labels) < M.nll(apply_temperature(draws, old).mean(0), labels)
+
+
+def test_ensemble_temperature_rows_are_held_out_by_every_member(shared_data, tmp_path):
+    from swag_lora.data.loading import carved_rows, held_out_validation
+    from swag_lora.data.raw import raw_datasetdict
+    raw_datasetdict("cqa", shared_data / "cqa").save_to_disk(str(tmp_path / "cqa"))
+    rows, source = held_out_validation("cqa", "", [(0, 0.2), (1, 0.2)], offline=True, data_path=str(tmp_path))
+    v0, v1 = set(carved_rows(9741, 0, 0.2)), set(carved_rows(9741, 1, 0.2))
+    assert len(rows) == len(v0 & v1) and 300 < len(rows) < 500 and "held out by every member" in source
+    from swag_lora.data import load_splits
+    train0 = {e["text"] for e in load_splits("cqa", offline=True, data_path=str(tmp_path), seed=0, val_fraction=0.2).train}
+    train1 = {e["text"] for e in load_splits("cqa", offline=True, data_path=str(tmp_path), seed=1, val_fraction=0.2).train}
+    texts = {e["text"] for e in rows}
+    assert not texts & train0 and not texts & train1       # no member trained on them (questions are unique here)
+    none, _ = held_out_validation("cqa", "", [(0, 1e-4), (1, 1e-4)], offline=True, data_path=str(tmp_path))
+    assert none == []
+    raw_datasetdict("obqa", shared_data / "obqa").save_to_disk(str(tmp_path / "obqa"))
+    rows, source = held_out_validation("obqa", "", [(0, 0.2), (1, 0.2)], offline=True, data_path=str(tmp_path))
+    assert len(rows) == 500 and source == "validation (official)"
+
+
+def test_report_keeps_every_setting_that_changes_the_predictive_apart():
+    from swag_lora.report import aggregate
+    def rec(label, method, scale, ts, seed=0):
+        return {"distribution": "id", "task": "demo", "subtask": "", "split": "test", "model": "m", "label": label,
+                "method": method, "name": f"{label.replace('+ts', '')}_x", "run_dirs": [f"r/seed{seed}"],
+                "train_seeds": [seed], "metrics": {"nll": 1.0 + ts},
+                "settings": {"num_samples": 1, "swag_sample_scale": scale, "swag_cov_mat": True,
+                             "temperature": 1.3 if ts else None, "temperature_scaling": ts, "seed": 0,
+                             "num_members": 1, "num_draws": 1}}
+    rows = aggregate([rec("swa", "swag", 0.0, False), rec("swa+ts", "swag", 0.0, True),
+                      rec("multiswa", "multiswag", 0.0, False), rec("multiswa+ts", "multiswag", 0.0, True),
+                      rec("swa", "swag", 0.0, False, seed=1)])
+    assert sorted((r["method"], r["n"]) for r in rows) == [("multiswa", 1), ("multiswa+ts", 1), ("swa", 2), ("swa+ts", 1)]
+    from omegaconf import OmegaConf
+
+    from swag_lora.run import method_label
+    ev = OmegaConf.create({"swag_sample_scale": 0.0, "temperature_scaling": True})
+    assert method_label("swag", ev) == "swa+ts" and method_label("multiswag", ev) == "multiswa+ts"
+
+
 def test_members_must_agree(runs, tmp_path):
     from omegaconf import OmegaConf
 

@@ -1,7 +1,7 @@
 """Each metric against scikit-learn or a hand computation; guards against the original's bugs."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.metrics import matthews_corrcoef as sk_mcc
 
 from swag_lora import metrics as M
@@ -17,7 +17,7 @@ def random_probs(n, c, seed=0, s=None):
 
 def test_accuracy_nll_brier_against_sklearn():
     p, y = random_probs(200, 4)
-    assert M.accuracy(p, y) == pytest.approx(np.mean(p.argmax(1) == y))
+    assert M.accuracy(p, y) == pytest.approx(accuracy_score(y, p.argmax(1)))
     assert M.nll(p, y) == pytest.approx(log_loss(y, p, labels=range(4)))
     # binary: sklearn's brier is the mean of (p1 - y)^2; the multi-class sum is twice that
     pb, yb = random_probs(200, 2, seed=1)
@@ -33,6 +33,33 @@ def test_ece_by_hand():
     # 2 bins: (0,0.5] holds 0.5 (wrong); (0.5,1] holds the rest: acc 3/4, conf mean .75
     expected2 = 1 / 5 * 0.5 + 4 / 5 * abs(3 / 4 - np.mean([0.95, 0.65, 0.6, 0.8]))
     assert M.expected_calibration_error(p, y, 2) == pytest.approx(expected2)
+
+
+def test_ece_equals_torchmetrics_the_peers_metric():
+    """BayesAdapt and bayesian-peft report torchmetrics' MulticlassCalibrationError (15 bins, l1)."""
+    import torch
+    from torchmetrics.classification import MulticlassCalibrationError
+    for seed, c in ((0, 4), (1, 2), (2, 5)):
+        p, y = random_probs(700, c, seed=seed)
+        tm = MulticlassCalibrationError(num_classes=c, n_bins=15, norm="l1")(torch.tensor(p), torch.tensor(y))
+        assert M.expected_calibration_error(p, y, 15) == pytest.approx(float(tm), rel=1e-6)   # torchmetrics: float32
+    # confidence exactly 1.0: torchmetrics (issue #3510) puts such rows in a bin of their own beyond the last
+    # edge; here they stay in the top bin (14/15, 1], as in Guo et al. and the original -- the one difference
+    y = np.arange(100) % 3
+    p = np.zeros((100, 3))
+    p[:40] = np.eye(3)[y[:40]]                               # confidence 1.0, right
+    p[40:50] = np.eye(3)[(y[40:50] + 1) % 3]                 # confidence 1.0, wrong
+    p[50:70] = 0.94 * np.eye(3)[y[50:70]] + 0.02             # the same top bin, 0.96, right (under-confident)
+    p[70:] = [0.5, 0.3, 0.2]                                 # 0.5, a third right
+    conf, correct = p.max(1), p.argmax(1) == y
+    top = conf > 14 / 15
+    def ece_by_hand(groups):
+        return sum(g.sum() / len(y) * abs(correct[g].mean() - conf[g].mean()) for g in groups if g.any())
+    lower = [(conf > b / 15) & (conf <= (b + 1) / 15) for b in range(14)]
+    assert M.expected_calibration_error(p, y, 15) == pytest.approx(ece_by_hand(lower + [top]))
+    tm = MulticlassCalibrationError(num_classes=3, n_bins=15, norm="l1")(torch.tensor(p), torch.tensor(y))
+    assert float(tm) == pytest.approx(ece_by_hand(lower + [top & (conf < 1), conf == 1]), rel=1e-6)
+    assert float(tm) != pytest.approx(M.expected_calibration_error(p, y, 15))
 
 
 def test_ece_bin_counts_differ_and_perfect_calibration_is_zero():

@@ -21,7 +21,7 @@ def launch(save, *extra, env=None):
 
 
 def run_dir(save):
-    dirs = [p.parent for p in save.rglob("config.yaml")]
+    dirs = [p.parent for p in save.rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(dirs) == 1, dirs
     return dirs[0]
 
@@ -102,5 +102,10 @@ def test_resume_must_without_checkpoint_and_changed_config(tmp_path):
     p = launch(tmp_path, "experiment.resume=must")
     assert p.returncode == 2 and "experiment.resume=must but" in p.stderr
     launch(tmp_path / "x", env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"})
-    p = launch(tmp_path / "x", "experiment.learning_rate=0.01", "experiment.exp_name=" + run_dir(tmp_path / "x").name)
-    assert p.returncode == 2 and "cannot resume: experiment.learning_rate=0.01 differs" in p.stderr
+    p = launch(tmp_path / "x", "experiment.learning_rate=0.01")      # another setting: another run directory
+    assert p.returncode == 0 and len(list((tmp_path / "x").rglob("config.yaml"))) == 2
+    rd = next(d.parent for d in (tmp_path / "x").rglob("config.yaml") if "lr0.002" in str(d))
+    cfg = (rd / "config.yaml").read_text()
+    (rd / "config.yaml").write_text(cfg.replace("learning_rate: 0.002", "learning_rate: 0.005"))   # an edited record
+    p = launch(tmp_path / "x")
+    assert p.returncode == 2 and "cannot resume: experiment.learning_rate=0.002 differs from the checkpointed run's 0.005" in p.stderr

@@ -113,6 +113,45 @@ def test_low_rank_term_divides_by_columns_held_not_max():
     torch.testing.assert_close(draw, expected)
 
 
+def test_low_rank_term_divides_by_max_rank_minus_one_as_the_original():
+    """The original divides by sqrt(max_num_models - 1) however many columns are held, and uses one column."""
+    snaps = [{"w": torch.tensor([float(i), 2.0 * i * i])} for i in range(3)]
+    post = SwagPosterior.from_named_tensors(snaps[0], max_rank=20)
+    for s in snaps:
+        post.collect(s)
+    draw = post.sample(scale=1.0, cov=True, generator=torch.Generator().manual_seed(5), k=20)["w"]
+    g = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(2, generator=g), torch.randn(3, generator=g)
+    var = post.variance()["w"]
+    torch.testing.assert_close(draw, post.mean()["w"] + var.sqrt() * z1 + post.deviations().T @ z2 / math.sqrt(19))
+    single = SwagPosterior.from_named_tensors(snaps[0], max_rank=5)
+    single.collect(snaps[2])
+    a = single.sample(1.0, cov=True, generator=torch.Generator().manual_seed(1), k=5)["w"]
+    b = single.sample(1.0, cov=False, generator=torch.Generator().manual_seed(1))["w"]
+    assert single.rank == 1 and torch.allclose(a, b)   # the one deviation of a single snapshot is 0: same draw
+    with_held = single.sample(1.0, cov=True, generator=torch.Generator().manual_seed(1))["w"]
+    torch.testing.assert_close(with_held, b)          # k = columns held = 1: no low-rank term
+
+
+def test_diagonal_posterior_keeps_the_moments_and_no_columns():
+    snaps = snapshots(6)
+    full = SwagPosterior.from_named_tensors(snaps[0], max_rank=3)
+    diag = SwagPosterior.from_named_tensors(snaps[0], max_rank=3, keep_deviations=False)
+    for s in snaps:
+        full.collect(s)
+        diag.collect(s)
+    for n in full.shapes:
+        torch.testing.assert_close(diag.mean()[n], full.mean()[n])
+        torch.testing.assert_close(diag.variance()[n], full.variance()[n])
+    assert diag.rank == 0 and diag.deviations().shape[0] == 0 and diag.nbytes() < full.nbytes()
+    a = diag.sample(0.5, cov=False, generator=torch.Generator().manual_seed(2))
+    b = full.sample(0.5, cov=False, generator=torch.Generator().manual_seed(2))
+    for n in a:
+        torch.testing.assert_close(a[n], b[n])
+    with pytest.raises(ValueError, match="diagonal"):
+        diag.sample(0.5, cov=True)
+
+
 def test_state_round_trip_and_write(tmp_path):
     snaps = snapshots(5)
     post = SwagPosterior.from_named_tensors(snaps[0], max_rank=3)

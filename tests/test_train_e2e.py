@@ -1,6 +1,7 @@
 """End-to-end training runs on tiny models: the run directory is the contract with evaluation."""
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ def train_run(tmp_path, *overrides):
 def test_run_directory_contents(tmp_path, model, task):
     rd, cfg = train_run(tmp_path, f"model={model}", "experiment.num_epochs=3", "method.swag_start=1",
                         "method.swag_max_num_models=3", "method.force_save=1")   # saved at epoch 3 (new minimum or forced)
-    assert rd == tmp_path / task / model / "swag" / rd.name and rd.name.endswith("_seed10")
+    assert rd == tmp_path / task / model / "swag" / rd.name and re.fullmatch(r".*_seed10_[0-9a-f]{8}", rd.name)
     for f in ("config.yaml", "training_log.csv", "run_info.json", "base_model/adapter_model.safetensors",
               "base_model/adapter_config.json", "swag_model/adapter_model.safetensors",
               "swag_model/swag_posterior.safetensors", "swag_model/swag_posterior.json"):
@@ -89,6 +90,38 @@ def test_overwrite_false_refuses_finished_run(tmp_path):
         train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2")
     train_run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=2", "method.swag_start=1", "method.swag_max_num_models=2",
               "experiment.overwrite=true")
+
+
+def test_seeds_and_settings_never_share_a_run_directory(tmp_path):
+    """experiment.exp_name given, overwrite=true as sweep scripts pass it: seed 1 must not replace seed 0's run,
+    and a run with another learning rate must not replace either; the report still groups the seeds."""
+    common = ("model=tiny_roberta", "method=map", "experiment.num_epochs=1", "experiment.exp_name=sweep",
+              "experiment.overwrite=true")
+    a, _ = train_run(tmp_path, *common, "experiment.seed=0")
+    b, _ = train_run(tmp_path, *common, "experiment.seed=1")
+    c, _ = train_run(tmp_path, *common, "experiment.seed=0", "experiment.learning_rate=1e-3")
+    assert len({a, b, c}) == 3 and all((d / "run_info.json").is_file() for d in (a, b, c))
+    assert a.name.startswith("sweep_seed0_") and b.name.startswith("sweep_seed1_")
+    assert a.name.split("_")[-1] == b.name.split("_")[-1] != c.name.split("_")[-1]   # seeds share the fingerprint
+    from swag_lora.report import _seedless
+    assert _seedless(str(a)) == _seedless(str(b)) != _seedless(str(c))
+    again, _ = train_run(tmp_path, *common, "experiment.seed=0")       # the same run: replaced in place
+    assert again == a
+
+
+def test_diagonal_swag_stores_no_deviations_and_refuses_low_rank_evaluation(tmp_path):
+    from swag_lora.config import ConfigError, validate_eval
+    common = ("model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.force_save=1",
+              "method.swag_max_num_models=3")
+    full, _ = train_run(tmp_path / "full", *common)
+    diag, _ = train_run(tmp_path / "diag", *common, "method.swag_cov_mat=false")
+    meta = json.loads((diag / "swag_model" / "swag_posterior.json").read_text())
+    assert meta["keep_deviations"] is False and meta["rank"] == 0 and meta["num_snapshots"] == 2
+    size = lambda rd: (rd / "swag_model" / "swag_posterior.safetensors").stat().st_size  # noqa: E731
+    assert size(diag) < size(full) - 2 * 4 * meta["num_params"] + 1024     # no K x P deviation block
+    with pytest.raises(ConfigError, match=r"is diagonal \(trained with method.swag_cov_mat=false\)"):
+        validate_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}"))
+    validate_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}", "evaluation.swag_cov_mat=false"))
 
 
 def test_map_method_has_no_posterior(tmp_path):

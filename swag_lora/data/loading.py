@@ -49,6 +49,29 @@ def _examples(task: Task, dds: list, split: str, all_items: bool) -> list[dict]:
     return out
 
 
+def carved_rows(n: int, seed: int, fraction: float) -> list[int]:
+    """Indices (sorted) of the train rows carved as validation: `datasets`' `train_test_split(test_size=fraction,
+    seed=seed)` takes the first ceil(fraction * n) of `np.random.default_rng(seed).permutation(n)`."""
+    return sorted(np.random.default_rng(seed).permutation(n)[: math.ceil(fraction * n)].tolist())
+
+
+def held_out_validation(task_name: str, subtask: str, members: list[tuple[int, float]], *, offline: bool = False,
+                        data_path: str | None = None, all_items: bool = False) -> tuple[list[dict], str]:
+    """Validation rows that no member of an ensemble trained on: the official validation split where the task has
+    one; else the train rows that every member's carving (its seed, its fraction) held out.  Returns (rows, source)."""
+    task = get_task(task_name)
+    names = task.split_names(subtask or "")
+    dds = _load_datasetdicts(task, subtask or "", offline, data_path)
+    if names["validation"] is not None:
+        return _examples(task, dds, names["validation"], all_items), f"{names['validation']} (official)"
+    train = _examples(task, dds, names["train"], all_items)
+    common = set(range(len(train)))
+    for seed, fraction in members:
+        common &= set(carved_rows(len(train), seed, fraction))
+    desc = ", ".join(f"seed {s}: {f:g}" for s, f in members)
+    return [train[i] for i in sorted(common)], f"{len(common)} rows of {names['train']} held out by every member ({desc})"
+
+
 def load_splits(
     task_name: str,
     subtask: str = "",
@@ -74,10 +97,9 @@ def load_splits(
     if need_train:
         train = _examples(task, dds, names["train"], all_items)
         if names["validation"] is None:
-            order = np.random.default_rng(seed).permutation(len(train))
-            n_val = math.ceil(val_fraction * len(train))
-            result["validation"] = [train[i] for i in sorted(order[:n_val])]
-            train = [train[i] for i in sorted(order[n_val:])]
+            val = carved_rows(len(train), seed, val_fraction)
+            result["validation"] = [train[i] for i in val]
+            train = [train[i] for i in sorted(set(range(len(train))) - set(val))]
         result["train"] = train
     if "validation" in roles and names["validation"] is not None:
         result["validation"] = _examples(task, dds, names["validation"], all_items)
