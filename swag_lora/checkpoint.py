@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from swag_lora.distributed import distribute_tensor, full, is_sharded, write_
 from swag_lora.io import atomic_dir
 from swag_lora.swag import SwagPosterior
 
@@ -22,7 +23,8 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's random state (torch CPU and CUDA, numpy, python): (tensors, JSON-able metadata)."""
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -45,22 +47,27 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(whole tensors, JSON metadata) of the optimizer's state; sharded moments are gathered (a collective)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{pid}.{k}"] = full(v).detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         pid, k = key.split(".", 1)
+        p = params[int(pid)]
+        if is_sharded(p) and v.shape == p.shape:   # a moment of a sharded parameter: this process's slice
+            v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
         state.setdefault(int(pid), {})[k] = v
     for key, v in meta["scalars"].items():
         pid, k = key.split(".", 1)
@@ -69,14 +76,20 @@ def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dic
 
 
 def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer,
-                    posterior: SwagPosterior | None, state: dict) -> None:
-    """Write everything needed to resume into `folder` atomically (call on the main process)."""
+                    posterior: SwagPosterior | None, state: dict,
+                    rng_states: list[tuple[dict[str, torch.Tensor], dict]] | None = None) -> None:
+    """Write everything needed to resume into `folder` atomically (call on the main process).
+    `trainable` holds whole tensors; `optimizer` is an optimizer or its `optimizer_state()` (gathered on every
+    process beforehand when it is sharded); `rng_states` every process's `rng_state()` (rank order), by default
+    this process's alone."""
     with atomic_dir(folder, keep_previous=previous_good(folder)) as tmp:
-        save_file({n: t.detach().cpu().contiguous() for n, t in trainable.items()}, str(tmp / "trainable.safetensors"))
-        opt_t, opt_meta = _optimizer_state(optimizer)
+        save_file({n: full(t).detach().cpu().contiguous() for n, t in trainable.items()}, str(tmp / "trainable.safetensors"))
+        opt_t, opt_meta = optimizer if isinstance(optimizer, tuple) else optimizer_state(optimizer)
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
-        rng_t, rng_meta = _rng_state()
-        save_file(rng_t, str(tmp / "rng.safetensors"))
+        rng_states = rng_states or [rng_state()]
+        save_file({f"rank{r}.{k}": v for r, (t, _) in enumerate(rng_states) for k, v in t.items()},
+                  str(tmp / "rng.safetensors"))
+        rng_meta = [m for _, m in rng_states]
         if posterior is not None:
             posterior.save(tmp)
         meta = {**state, "optimizer": opt_meta, "rng": rng_meta, "has_posterior": posterior is not None}
@@ -89,8 +102,8 @@ def has_checkpoint(folder: Path) -> bool:
 
 
 def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer,
-                    posterior_device="cpu") -> tuple[dict, SwagPosterior | None]:
-    """Restore weights, optimizer and RNG in place; return (state, posterior or None).
+                    posterior_device="cpu", rank: int = 0) -> tuple[dict, SwagPosterior | None]:
+    """Restore weights, optimizer and this process's (`rank`) RNG in place; return (state, posterior or None).
     Raises CheckpointError with one line if any file is missing or corrupt."""
     folder = Path(folder)
     try:
@@ -106,11 +119,14 @@ def load_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimiz
     missing = set(trainable) - set(weights)
     if missing:
         raise CheckpointError(f"checkpoint {folder} lacks weights {sorted(missing)[:3]} (another model or method?)")
-    with torch.no_grad():
-        for n, t in trainable.items():
-            t.copy_(weights[n])
+    write_(trainable, {n: weights[n] for n in trainable})
     _load_optimizer_state(optimizer, opt_t, meta["optimizer"])
-    _set_rng_state(rng_t, meta["rng"])
+    ranks = len(meta["rng"])
+    if rank >= ranks:
+        raise CheckpointError(f"checkpoint {folder} holds the random state of {ranks} process(es), not of process {rank}: "
+                              f"resume with the same number of processes")
+    prefix = f"rank{rank}."
+    _set_rng_state({k[len(prefix):]: v for k, v in rng_t.items() if k.startswith(prefix)}, meta["rng"][rank])
     return meta, post
 
 

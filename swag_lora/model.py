@@ -157,30 +157,47 @@ class ChoiceModel(nn.Module):
         """LoRA and head weights: what an adapter checkpoint holds (tensor names as in named_parameters)."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def save_adapter(self, folder: str | os.PathLike) -> None:
-        """peft adapter (loadable by `PeftModel.from_pretrained`) + the letter head + a small JSON."""
+    def save_adapter(self, folder: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> None:
+        """peft adapter (loadable by `PeftModel.from_pretrained`) + the letter head + a small JSON.
+        `state` gives whole values for the trainable tensors (by name; e.g. gathered shards, or a SWA mean);
+        by default the model's own."""
         folder = Path(folder)
-        self.peft.save_pretrained(str(folder))
+        state = state if state is not None else {n: t.detach() for n, t in self.trainable_state().items()}
+        self.peft.save_pretrained(str(folder), state_dict={n[len("peft."):]: t.cpu() for n, t in state.items()
+                                                           if n.startswith("peft.")})
         if self.head is not None:
-            save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(folder / HEAD_FILE))
+            save_file({"weight": state["head.weight"].detach().cpu().contiguous()}, str(folder / HEAD_FILE))
         (folder / META_FILE).write_text(json.dumps({"kind": self.kind, "num_choices": self.num_choices,
                                                     "letter_ids": self.letter_ids}, indent=1))
 
+    def adapter_keys(self) -> dict[str, str]:
+        """Key in adapter_model.safetensors -> trainable tensor name, by peft's own naming (the adapter name
+        dropped, modules_to_save unwrapped): `get_peft_model_state_dict` applied to an index per tensor."""
+        from peft import get_peft_model_state_dict
+        names = [n for n in self.trainable_state() if n.startswith("peft.")]
+        index = {n[len("peft."):]: torch.tensor(i) for i, n in enumerate(names)}
+        return {k: names[int(v)] for k, v in get_peft_model_state_dict(self.peft, state_dict=index).items()}
+
     @torch.no_grad()
     def load_adapter(self, folder: str | os.PathLike) -> None:
-        from peft import set_peft_model_state_dict
+        """Load an adapter saved by `save_adapter` into the trainable tensors, in place (sharded ones too)."""
+        from swag_lora.distributed import reshard, write_
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
         if meta["kind"] != self.kind or (self.kind != "multiple_choice" and meta["num_choices"] != self.num_choices):
             raise ValueError(f"adapter in {folder} is a {meta['kind']} model with {meta['num_choices']} choices; "
                              f"this model is {self.kind} with {self.num_choices}")
-        state = load_file(str(folder / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(self.peft, state)
-        unexpected = getattr(result, "unexpected_keys", []) or []
-        if unexpected:
-            raise ValueError(f"adapter in {folder} has weights this model lacks: {unexpected[:3]}")
+        saved = load_file(str(folder / "adapter_model.safetensors"))
+        keys = self.adapter_keys()
+        unexpected, missing = sorted(set(saved) - set(keys)), sorted(set(keys) - set(saved))
+        if unexpected or missing:
+            raise ValueError(f"adapter in {folder} does not fit this model: "
+                             + (f"weights it lacks {unexpected[:3]}" if unexpected else f"no weights for {missing[:3]}"))
+        values = {keys[k]: v for k, v in saved.items()}
         if self.head is not None:
-            self.head.weight.copy_(load_file(str(folder / HEAD_FILE))["weight"])
+            values["head.weight"] = load_file(str(folder / HEAD_FILE))["weight"]
+        reshard(self)
+        write_(self.trainable_state(), values)
 
 
 def swag_tensors(model: nn.Module, modules_to_swag: str) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from swag_lora.data.encode import eval_batches
+from swag_lora.distributed import reshard
 from swag_lora.swag import SwagPosterior
 
 
@@ -23,14 +24,20 @@ def _to_device(batch: dict, device) -> dict:
 def prepare_batches(feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True,
                     device=None) -> list[tuple[np.ndarray, dict]]:
     """Collate this process's share of the (length-sorted) batches once, on the device: every weight draw
-    reuses them, so S draws cost S forward passes and nothing more."""
+    reuses them, so S draws cost S forward passes and nothing more.
+
+    Every process gets the same number of batches: a share that is short (5 rows, 2 processes, batch 64) is
+    padded with a copy of the first batch whose rows are dropped (an empty index).  Under DDP and FSDP a forward
+    pass can be a collective, so a process without a batch would otherwise leave the others waiting forever."""
     batches = eval_batches([f["length"] for f in feats], batch_size, sort_by_length)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    share = [(np.asarray(b), b) for b in batches[rank::world]]
+    share += [(np.asarray([], dtype=int), batches[0])] * (-(-len(batches) // world) - len(share))
     out = []
-    for b in batches[rank::world]:
+    for index, b in share:
         batch = collator([feats[i] for i in b])
         batch.pop("labels")
-        out.append((np.asarray(b), _to_device(batch, device)))
+        out.append((index, _to_device(batch, device)))
     return out
 
 
@@ -47,8 +54,9 @@ def predict_prepared(model, prepared: list[tuple[np.ndarray, dict]], n: int, num
     probs = np.zeros((n, num_choices))
     seen = np.zeros(n, dtype=int)
     for i, p in zip(idx_out, prob_out):
-        probs[i] = p
-        seen[i] += 1
+        if len(i):                      # an empty index: a padding batch (see prepare_batches)
+            probs[i] = p
+            seen[i] += 1
     assert (seen == 1).all(), "every row must be scored exactly once"
     return probs
 
@@ -71,12 +79,14 @@ def dropout_on(model) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def swapped(named: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Keep a copy of the (small) SWAG'd tensors and put them back afterwards."""
+def swapped(named: dict[str, torch.Tensor], model=None) -> Iterator[None]:
+    """Keep a copy of the (small) SWAG'd tensors and put them back afterwards (resharding `model` first)."""
     saved = {n: t.detach().clone() for n, t in named.items()}
     try:
         yield
     finally:
+        if model is not None:
+            reshard(model)
         SwagPosterior.write_(named, saved)
 
 
@@ -119,8 +129,9 @@ def draw_probs(
         device = posterior._mean.device
         gen = torch.Generator(device=device).manual_seed(seed)
         out = []
-        with swapped(named):
+        with swapped(named, model):
             for _ in range(1 if scale == 0 else num_samples):
+                reshard(model)      # FSDP2: compute with the written shards, not a stale gathered copy
                 posterior.sample_(named, scale, cov=cov, generator=gen, k=k)
                 out.append(run())
         return np.stack(out)

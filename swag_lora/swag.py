@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from swag_lora.distributed import is_sharded, write_
 from swag_lora.io import atomic_write
 
 POSTERIOR_TENSORS = "swag_posterior.safetensors"
@@ -206,16 +207,18 @@ class SwagPosterior:
         if self._draw is None:
             self._draw = torch.empty_like(self._mean)
         self._draw_into(self._draw, scale, cov, generator, k)
-        torch._foreach_copy_(tensors, self._shaped_views("draw", self._draw))
+        views = self._shaped_views("draw", self._draw)
+        if any(is_sharded(t) for t in tensors):     # FSDP2 shards: each process writes its slice
+            write_(target, dict(zip(self.shapes, views)))
+        else:
+            torch._foreach_copy_(tensors, views)
 
     @staticmethod
     @torch.no_grad()
     def write_(target: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
-        """Copy `values` into the tensors of `target` in place (casting to their dtype/device).
-
-        One batched copy: on a GPU a few kernel launches instead of one per tensor."""
-        names = list(values)
-        torch._foreach_copy_([target[n] for n in names], [values[n] for n in names])
+        """Copy `values` into the tensors of `target` in place (casting to their dtype/device; a sharded target
+        gets its slice).  One batched copy: on a GPU a few kernel launches instead of one per tensor."""
+        write_(target, values)
 
     # ------------------------------------------------------------------ state
     def metadata(self) -> dict:

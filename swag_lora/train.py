@@ -22,11 +22,11 @@ from swag_lora import metrics as M
 from swag_lora.config import ConfigError, go_offline, run_dir, training_settings
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, encode
-from swag_lora.distributed import gathered_params
+from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends, reshard
 from swag_lora.io import atomic_dir, atomic_write
 from swag_lora.model import load_model, swag_tensors
 from swag_lora.collector import SwagCollector
-from swag_lora.predict import draw_probs, swapped
+from swag_lora.predict import draw_probs
 from swag_lora.schedule import LRSchedule
 from swag_lora.swag import SwagPosterior
 
@@ -135,6 +135,7 @@ def train(cfg: DictConfig) -> Path:
     accelerator = Accelerator(gradient_accumulation_steps=accum,
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision=exp.get("mixed_precision") or None)
+    refuse_untested_backends(accelerator)
     world = accelerator.num_processes
     loader_batch = int(exp.batch_size) // accum     # batch_size is the batch per optimizer step, as in the original
     if int(exp.batch_size) % accum or loader_batch % world:
@@ -156,6 +157,8 @@ def train(cfg: DictConfig) -> Path:
     sampler = EpochSampler(len(feats["train"]), int(exp.seed))
     loader = torch.utils.data.DataLoader(feats["train"], batch_size=loader_batch, sampler=sampler,
                                          collate_fn=collator, generator=torch.Generator())
+    if world > 1:   # the same initial weights everywhere, then an independent dropout stream per process
+        set_seed(int(exp.seed), device_specific=True)
     trainable = model.trainable_state()
     n_train = sum(p.numel() for p in trainable.values())
     log(f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(feats['train'])} train / "
@@ -199,6 +202,7 @@ def train(cfg: DictConfig) -> Path:
     # ---------------------------------------------------------------- resume
     start_epoch, skip_batches, global_step, resumed_loss = 0, 0, 0, (0.0, 0)
     if resume_state is not None:
+        reshard(inner)
         state, posterior = resume_state(inner.trainable_state(), optimizer, collector.device if collector else "cpu")
         start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
         best.load_state(state["best"])
@@ -213,8 +217,13 @@ def train(cfg: DictConfig) -> Path:
     def save_state(epoch: int, batches_done: int, loss_sum=None, loss_count: int = 0) -> None:
         """Checkpoint; mid-epoch (batches_done > 0) also keeps the epoch's running train loss."""
         partial = float(accelerator.reduce(loss_sum, "mean")) if batches_done else 0.0
+        rngs = [ckpt.rng_state()]
+        if world > 1:                  # every process's own random state (dropout streams differ per process)
+            from accelerate.utils import gather_object
+            rngs = gather_object(rngs)
+        weights, opt_state = full_tensors(inner.trainable_state()), ckpt.optimizer_state(optimizer)   # gathers shards
         if accelerator.is_main_process:
-            ckpt.save_checkpoint(rd / "checkpoint", trainable=inner.trainable_state(), optimizer=optimizer,
+            ckpt.save_checkpoint(rd / "checkpoint", trainable=weights, optimizer=opt_state, rng_states=rngs,
                                  posterior=collector.posterior if collector else None,
                                  state={"epoch": epoch, "batches_done": batches_done, "global_step": global_step,
                                         "best": best.state(), "swag": collector.state() if collector else None,
@@ -299,11 +308,10 @@ def train(cfg: DictConfig) -> Path:
         row["epoch_seconds"] = round(time.time() - t0, 2)
 
         # the MAP adapter (lowest validation loss) and the SWAG model (the original's save rule)
-        main = accelerator.is_main_process
-        best.update(val["loss"], epoch, lambda folder: main and _save_adapter(inner, folder))
-        if collector and collector.should_save(epoch, row.get("swa_val_loss")) and main:
-            _save_swag_model(inner, named, collector.posterior, rd / "swag_model", cfg)
-        if main:
+        best.update(val["loss"], epoch, lambda folder: _save_adapter(inner, folder, accelerator))
+        if collector and collector.should_save(epoch, row.get("swa_val_loss")):
+            _save_swag_model(inner, collector.posterior, rd / "swag_model", cfg, accelerator)
+        if accelerator.is_main_process:
             _append_log(rd, row)
         if wandb_run:
             wandb_run.log({k.replace("val_", "val/", 1) if k.startswith("val_") else k: v for k, v in row.items()}, step=global_step)
@@ -356,17 +364,20 @@ def _validate(model, feats, collator, cfg, accelerator) -> dict[str, float]:
             "ece": M.expected_calibration_error(probs, labels)}
 
 
-def _save_adapter(inner, folder: Path) -> None:
-    with atomic_dir(folder) as tmp:
-        inner.save_adapter(tmp)
-
-
-def _save_swag_model(inner, named, posterior: SwagPosterior, folder: Path, cfg) -> None:
-    """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
-    with swapped(named):
-        SwagPosterior.write_(named, posterior.mean())
+def _save_adapter(inner, folder: Path, accelerator) -> None:
+    """The current adapter (every process gathers its shards; the main process writes)."""
+    state = full_tensors(inner.trainable_state())
+    if accelerator.is_main_process:
         with atomic_dir(folder) as tmp:
-            inner.save_adapter(tmp)
+            inner.save_adapter(tmp, state)
+
+
+def _save_swag_model(inner, posterior: SwagPosterior, folder: Path, cfg, accelerator) -> None:
+    """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
+    state = {**full_tensors(inner.trainable_state()), **posterior.mean()}
+    if accelerator.is_main_process:
+        with atomic_dir(folder) as tmp:
+            inner.save_adapter(tmp, state)
             posterior.save(tmp)
             (tmp / "swag_config.json").write_text(json.dumps(OmegaConf.to_container(cfg.method), indent=1))
 
@@ -401,7 +412,7 @@ def _prepare_run_dir(cfg: DictConfig, rd: Path, accelerator):
                     continue
                 try:
                     return ckpt.load_checkpoint(folder, trainable=trainable, optimizer=optimizer,
-                                                posterior_device=post_device)
+                                                posterior_device=post_device, rank=accelerator.process_index)
                 except ckpt.CheckpointError as e:
                     errors.append(str(e))
                     accelerator.print(f"[swag-lora] WARNING: {e}; trying the previous checkpoint")

@@ -34,7 +34,7 @@ CASES = [
     (["experiment.lr_scheduler=step"], "unknown experiment.scheduler 'step'"),
     (["experiment.scheduler=step"], "unknown experiment.scheduler 'step'"),
     (["experiment.task=stsb"], "experiment.task='stsb' is a regression task"),
-    (["model.quantization=4bit"], "model.quantization=4bit needs"),
+    (["model=tiny_llama", "model.quantization=4bit"], "model.quantization=4bit quantizes weights loaded from a folder or the hub"),
     (["experiment.mixed_precision=fp8"], "unknown experiment.mixed_precision 'fp8'; allowed: None, no, fp16, bf16"),
     (["experiment.resume=sometimes"], "unknown experiment.resume 'sometimes'; allowed: auto, never, must"),
 ]

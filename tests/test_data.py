@@ -140,3 +140,27 @@ def test_subtask_checks():
     check_subtask(get_task("mmlu"), "stem")
     with pytest.raises(ValueError, match="unknown task 'obqa2'"):
         get_task("obqa2")
+
+
+def test_winogrande_loader_on_the_real_files(shared_data, tmp_path):
+    rows = raw_rows("winogrande", shared_data / "winogrande", "winogrande_xs")
+    assert {s: len(r) for s, r in rows.items()} == {"validation": 1267, "train": 160}
+    assert len(raw_rows("winogrande", shared_data / "winogrande", "winogrande_s")["train"]) == 640
+    raw_datasetdict("winogrande", shared_data / "winogrande", "winogrande_s").save_to_disk(
+        str(tmp_path / "winogrande_winogrande_s"))
+    s = load_splits("winogrande", "winogrande_s", offline=True, data_path=str(tmp_path), seed=0, val_fraction=0.2)
+    assert len(s.train) == 512 and len(s.validation) == 128 and len(s.test) == 1267   # dev is the test split
+    first = s.test[0]
+    assert first["text"] == "Sarah was a much better surgeon than Maria so _ always got the easier cases."
+    assert first["choices"] == ["Sarah", "Maria"] and first["label"] == 1                 # answer "2"
+    labels = open(shared_data / "winogrande" / "dev-labels.lst").read().split()
+    assert [e["label"] + 1 for e in s.test] == [int(x) for x in labels]
+
+
+def test_boolq_loader_on_the_real_dev_file(shared_data, tmp_path):
+    raw_datasetdict("boolq", shared_data / "boolq").save_to_disk(str(tmp_path / "boolq"))
+    s = load_splits("boolq", offline=True, data_path=str(tmp_path), roles=("test",))
+    assert len(s.test) == 3270 and Counter(e["label"] for e in s.test) == {1: 2033, 0: 1237}
+    first = s.test[0]
+    assert first["text"] == "does ethanol take more energy make that produces" and first["label"] == 0
+    assert first["choices"] == ["no", "yes"] and first["text_pair"].startswith("All biomass goes through")

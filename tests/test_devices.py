@@ -88,3 +88,33 @@ def test_cuda_sample_covariance_is_diag_plus_low_rank():
     expected = 0.5 * (np.diag(var) + D.T @ D / 3)
     np.testing.assert_allclose(draws.mean(0), mean, atol=0.05 * np.sqrt(np.diag(expected)).max())
     np.testing.assert_allclose(np.cov(draws, rowvar=False), expected, atol=0.04 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_base_weights_train_swag_and_evaluate_on_the_cpu(tmp_path, quantization):
+    """bitsandbytes 0.50 runs nf4 (Linear4bit) and int8 (Linear8bitLt) layers forward and backward on the CPU:
+    LoRA is trained over the quantized base, SWAG collects the (fp32) LoRA + head tensors, and evaluation samples."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (requirements-dev.txt pins 0.50.2)")
+    import bitsandbytes as bnb
+    from conftest import compose as hydra_compose
+
+    from swag_lora.model import load_base_model, tiny_tokenizer
+    from swag_lora.run import evaluate, load_run
+    cfg = hydra_compose("model=tiny_llama", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128")
+    tok = tiny_tokenizer("causal")         # a local copy of a tiny Llama (4-bit blocks are 64 wide)
+    load_base_model(cfg.model, "", "causal", 1, len(tok)).save_pretrained(tmp_path / "tiny-llama")
+    tok.save_pretrained(tmp_path / "tiny-llama")
+    rd, cfg = train_run(tmp_path, "model=tiny_llama", "model.tiny=null", f"model.model_name={tmp_path / 'tiny-llama'}",
+                        f"model.quantization={quantization}", "experiment.num_epochs=3", "method.swag_start=1",
+                        "method.force_save=1", "method.swag_max_num_models=3")
+    run = load_run(rd, device="cpu")
+    layer = {"4bit": bnb.nn.Linear4bit, "8bit": bnb.nn.Linear8bitLt}[quantization]
+    assert sum(isinstance(m, layer) for m in run.model.modules()) >= 4
+    post = SwagPosterior.load(rd / "swag_model")
+    assert post.num_snapshots == 2 and all("lora_" in n or n == "head.weight" for n in post.shapes)
+    assert {t.dtype for t in run.named.values()} == {torch.float32}
+    ev = hydra_compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=3",
+                       "evaluation.swag_sample_scale=1.0", "experiment.max_eval_samples=24", "experiment.ood_task=")
+    (res,) = evaluate(ev, runs=[run], distributed=False)
+    assert np.isfinite(res["metrics"]["nll"]) and res["settings"]["num_draws"] == 3
+    assert res["metrics"]["mutual_information"] > 0          # the samples differ

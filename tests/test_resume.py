@@ -109,3 +109,27 @@ def test_resume_must_without_checkpoint_and_changed_config(tmp_path):
     (rd / "config.yaml").write_text(cfg.replace("learning_rate: 0.002", "learning_rate: 0.005"))   # an edited record
     p = launch(tmp_path / "x")
     assert p.returncode == 2 and "cannot resume: experiment.learning_rate=0.002 differs from the checkpointed run's 0.005" in p.stderr
+
+
+def test_sigterm_during_the_closing_evaluation_ends_the_process_promptly(tmp_path):
+    """Outside the epochs a stop signal ends the run at once (status 128 + 15), leaving no half-written file."""
+    import signal
+    import time
+    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    args = [a for a in ARGS if not a.startswith("experiment.evaluate_after_training")]
+    proc = subprocess.Popen([sys.executable, "launch_exp_hydra.py", *args, f"experiment.save_folder={tmp_path}",
+                             "evaluation.num_samples=400"], cwd=REPO, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:                     # training is done when "finished" is printed
+        if "[swag-lora] finished:" in line:
+            break
+    time.sleep(1.0)                              # inside the closing evaluation (400 draws take minutes)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    assert rc == 128 + signal.SIGTERM and time.time() - t0 < 15
+    rd = run_dir(tmp_path)
+    assert (rd / "run_info.json").is_file()
+    assert not [p for p in rd.rglob("*") if p.name.endswith(".tmp")]
+    for f in (rd / "eval").glob("*.json") if (rd / "eval").exists() else []:
+        json.loads(f.read_text())                # whatever was written is whole

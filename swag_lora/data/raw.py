@@ -11,7 +11,10 @@ from pathlib import Path
 
 from swag_lora.data.tasks import MMLU_SUBJECTS
 
-RAW_TASKS = ("obqa", "arc-e", "arc-c", "cqa", "mmlu", "swag", "cola", "sst2", "mrpc", "rte", "wnli", "qnli", "stsb")
+RAW_TASKS = ("obqa", "arc-e", "arc-c", "cqa", "mmlu", "swag", "winogrande", "boolq", "cola", "sst2", "mrpc", "rte", "wnli",
+             "qnli", "stsb")
+WINOGRANDE_FILES = {"winogrande_xs": "train_xs", "winogrande_s": "train_s", "winogrande_m": "train_m",
+                    "winogrande_l": "train_l", "winogrande_xl": "train_xl", "winogrande_debiased": "train_debiased"}
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -92,6 +95,19 @@ def raw_rows(task: str, root: str | Path, subject: str | None = None) -> dict[st
                 out[split] = [{"question": r[0], "subject": subject, "choices": r[1:5], "answer": "ABCD".index(r[5].strip())}
                               for r in csv.reader(f)]
         return out
+    if task == "winogrande":   # the size's train file (where present) and dev.jsonl, the validation of every size
+        size = subject or "winogrande_xl"
+        if size not in WINOGRANDE_FILES:
+            raise ValueError(f"unknown WinoGrande size {size!r}; allowed: {', '.join(WINOGRANDE_FILES)}")
+        keep = ("sentence", "option1", "option2", "answer")
+        out = {"validation": [{k: r[k] for k in keep} for r in _jsonl(root / "dev.jsonl")]}
+        if (root / f"{WINOGRANDE_FILES[size]}.jsonl").is_file():
+            out["train"] = [{k: r[k] for k in keep} for r in _jsonl(root / f"{WINOGRANDE_FILES[size]}.jsonl")]
+        return out
+    if task == "boolq":   # google's format; the hub's rows have no title
+        return {s: [{"question": r["question"], "answer": bool(r["answer"]), "passage": r["passage"]}
+                    for r in _jsonl(root / f"{f}.jsonl")]
+                for s, f in (("train", "train"), ("validation", "dev")) if (root / f"{f}.jsonl").is_file()}
     if task == "swag":   # only a small fixture is at hand: it is the train split, nothing else
         return {"train": [{**r, "video-id": "", "fold-ind": "", "startphrase": f"{r['sent1']} {r['sent2']}", "gold-source": ""}
                           for r in _jsonl(root / "sample.json")]}
