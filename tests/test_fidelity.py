@@ -189,3 +189,27 @@ def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_pa
                        accum=2)
     assert info["global_step"] == len(ref) == 4 * math.ceil(batches / 2)
     assert seen == pytest.approx(ref, rel=1e-9, abs=1e-18)
+
+
+def test_the_papers_command_on_a_tiny_llama_trains_the_original_procedure(tmp_path, shared_data, monkeypatch):
+    """The seed command verbatim, with a tiny Llama in place of Llama-2-7B and 32 OBQA training rows: 18 epochs of
+    2 batches, the original's learning rate at every step, and its reload / MAP / SWAG-save rules."""
+    from swag_lora.data.raw import raw_datasetdict
+    raw_datasetdict("obqa", shared_data / "obqa").save_to_disk(str(tmp_path / "data" / "obqa"))
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    command = [o for o in SEED_COMMAND if not o.startswith("model=")]
+    rd, cfg, rows, info = run(tmp_path, *command, "model=tiny_llama", "experiment.offline=true",
+                              f"experiment.data_path={tmp_path / 'data'}", "experiment.max_train_samples=32",
+                              "experiment.max_eval_samples=48")
+    assert len(rows) == 18 and info["global_step"] == 36
+    assert seen == pytest.approx(original_lrs(lr=6e-4, batches=2, epochs=18, swag_start=8, anneal_epochs=5, swag_lr=1e-4,
+                                              strategy="linear"), rel=1e-9, abs=1e-18)
+    want, snapshots_at = original_rules(rows, swag_start=8, force_save=5)
+    assert {k: info[k] for k in want} == want
+    assert json.loads((rd / "swag_model" / "swag_posterior.json").read_text())["num_snapshots"] == snapshots_at[info["swag_saved_epoch"]]
