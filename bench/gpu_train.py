@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from swag_lora.swag import SwagPosterior  # noqa: E402
+from swag_lora.posteriors.swag import SwagPosterior  # noqa: E402
 
 VOCAB = 32000
 DEVICE = "cuda"

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from swag_lora.swag import SwagPosterior  # noqa: E402
+from swag_lora.posteriors.swag import SwagPosterior  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS: list[dict] = []
@@ -224,12 +224,10 @@ def bench_posterior(quick: bool) -> None:
 
 # ---------------------------------------------------------------- 2. training overhead
 def _demo_model(name: str):
-    from hydra import compose, initialize_config_dir
-
+    from swag_lora.config import compose, parse_run
     from swag_lora.data import get_task
     from swag_lora.model import load_model
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}"])
+    cfg = parse_run(compose("config", [f"model={name}"]))
     task = get_task("demo")
     return (cfg, task, *load_model(cfg.model, cfg.experiment, task))
 
@@ -245,8 +243,8 @@ def bench_training(quick: bool) -> None:
     rounds = 3 if quick else 8
     for name, rows in models:
         cfg, task, tok, model = _demo_model(name)
-        feats = encode(load_splits("demo", roles=("train",)).train[:rows], tok, model.kind, task, cfg.model.max_length)
-        coll = Collator(tok.pad_token_id, model.kind, model.num_choices, tok.padding_side)
+        feats = encode(load_splits("demo", roles=("train",)).train[:rows], tok, model.arch, task, cfg.model.max_length)
+        coll = Collator(tok.pad_token_id, model.arch, model.num_choices, tok.padding_side)
         loader = torch.utils.data.DataLoader(feats, batch_size=16, shuffle=True, collate_fn=coll,
                                              generator=torch.Generator().manual_seed(0))
         named = swag_tensors(model, "grad_only")
@@ -294,14 +292,14 @@ def bench_evaluation(quick: bool) -> None:
     from swag_lora.data import load_splits
     from swag_lora.data.encode import Collator, encode
     from swag_lora.model import swag_tensors
-    from swag_lora.predict import draw_probs, predict_probs
+    from swag_lora.predict.draws import draw_probs, predict_probs
     S = 10
     models = ["tiny_llama", "minilm"]
     for name in models:
         cfg, task, tok, model = _demo_model(name)
         rows = load_splits("demo", "shifted", roles=("test",)).test[: 200 if quick else 400]
-        feats = encode(rows, tok, model.kind, task, cfg.model.max_length)
-        coll = Collator(tok.pad_token_id, model.kind, model.num_choices, tok.padding_side)
+        feats = encode(rows, tok, model.arch, task, cfg.model.max_length)
+        coll = Collator(tok.pad_token_id, model.arch, model.num_choices, tok.padding_side)
         named = swag_tensors(model, "grad_only")
         post = SwagPosterior.from_named_tensors(named, max_rank=10)
         g = torch.Generator().manual_seed(0)
@@ -333,7 +331,7 @@ def bench_evaluation(quick: bool) -> None:
                     if "token_type_ids" in out:
                         out["token_type_ids"] = torch.nn.functional.pad(out["token_type_ids"], side, value=0)
                 return out
-        padded = PadToLongest(tok.pad_token_id, model.kind, model.num_choices, tok.padding_side)
+        padded = PadToLongest(tok.pad_token_id, model.arch, model.num_choices, tok.padding_side)
         t_sorted = median_time(lambda: predict_probs(model, feats, coll, 64, sort_by_length=True), reps)
         t_padded = median_time(lambda: predict_probs(model, feats, padded, 64, sort_by_length=False), reps)
         a = predict_probs(model, feats, coll, 64, sort_by_length=True)

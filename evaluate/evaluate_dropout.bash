@@ -11,7 +11,7 @@
 #   bash evaluate/evaluate_dropout.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_dropout.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
 # Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_dropout.bash
-# Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/eval_args.sh).
+# Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/evaluate.sh).
 # Extra arguments are passed on as Hydra overrides.
 set -euo pipefail
 MODEL_PATH="${MODEL_PATH:-}"        # a run directory: <save_folder>/<task>/<model>/<method>/<exp_name>
@@ -21,8 +21,7 @@ OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
 NUM_SAMPLES="${NUM_SAMPLES:-15}"
 SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
-
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
-source scripts/eval_args.sh
-[[ -n "$MODEL_PATH" ]] || { echo "error: set MODEL_PATH to a run directory" >&2; exit 2; }
-"$PYTHON" -m swag_lora.evaluate evaluation.eval_method=dropout evaluation.eval_model_path="$MODEL_PATH" "${EVAL_ARGS[@]}" "$@"
+METHOD=dropout RUNS=one
+BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
+[[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"
+source "$BODY"

@@ -6,12 +6,12 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=02:00:00
 #SBATCH --output=logs/%x-%j.out
-# Evaluate deep ensemble of independently trained runs (PATHS),
+# Evaluate a deep ensemble: the MAP adapters of the runs in PATHS, one draw each,
 # in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
 #   bash evaluate/evaluate_ensemble.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_ensemble.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
 # Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_ensemble.bash
-# Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/eval_args.sh).
+# Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/evaluate.sh).
 # Extra arguments are passed on as Hydra overrides.
 set -euo pipefail
 PATHS="${PATHS:-}"                  # space-separated run directories (ensemble members)
@@ -21,10 +21,7 @@ OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
 NUM_SAMPLES="${NUM_SAMPLES:-1}"
 SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
-
-source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" 2>/dev/null || source "${SLURM_SUBMIT_DIR:-.}/scripts/common.sh"
-source scripts/eval_args.sh
-[[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
-read -r -a MEMBERS <<< "$PATHS"
-LIST=$(printf '"%s",' "${MEMBERS[@]}")
-"$PYTHON" -m swag_lora.evaluate evaluation.eval_method=ensemble "evaluation.eval_model_paths=[${LIST%,}]" "${EVAL_ARGS[@]}" "$@"
+METHOD=ensemble RUNS=several
+BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
+[[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"
+source "$BODY"

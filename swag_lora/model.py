@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from swag_lora.config import MODULES_TO_SWAG  # noqa: E402
+
 LETTERS = "ABCDEFGHIJ"
-MODULES_TO_SWAG = ("grad_only", "lora_only", "all")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_FILE = "letter_head.safetensors"
 CAUSAL_HEAD_SIZE = 5   # letters A-E: every multiple-choice and classification task fits, so any task can be OOD
@@ -30,7 +32,7 @@ META_FILE = "choice_model.json"
 # ---------------------------------------------------------------- where the weights come from
 def model_source(model_cfg, offline: bool, model_path: str | None) -> str:
     """`<model_path>/<model_name>` offline; the installed package for `package:` models; else the hub id."""
-    if model_cfg.get("package"):
+    if model_cfg.package:
         import importlib
         return str(importlib.import_module(model_cfg.package).get_model_path())
     if offline:
@@ -38,7 +40,7 @@ def model_source(model_cfg, offline: bool, model_path: str | None) -> str:
     return model_cfg.model_name
 
 
-def tiny_tokenizer(kind: str):
+def tiny_tokenizer(family: str):
     """A word-level tokenizer trained in-process (deterministic, ~0.02 s) for the tiny test models."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -49,7 +51,7 @@ def tiny_tokenizer(kind: str):
               " ".join(LETTERS), "sports food weather technology yes no the a of to is in"]
     specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase() if kind == "encoder" else None
+    tok.normalizer = normalizers.Lowercase() if family == "encoder" else None
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
@@ -58,10 +60,10 @@ def tiny_tokenizer(kind: str):
 
 def load_tokenizer(model_cfg, source: str):
     from transformers import AutoTokenizer
-    if model_cfg.get("tiny"):
+    if model_cfg.tiny:
         tok = tiny_tokenizer(model_cfg.family)
     else:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
     if model_cfg.family == "causal":
         tok.padding_side = "left"      # the answer is read at position -1: it must be a real token
         tok.truncation_side = "left"   # keep the end of the prompt ("Answer:")
@@ -72,8 +74,8 @@ def load_tokenizer(model_cfg, source: str):
 
 def _tiny_config(model_cfg, vocab_size: int, num_labels: int):
     from transformers import DistilBertConfig, LlamaConfig, RobertaConfig
-    t = model_cfg.tiny
-    if t.get("arch") == "distilbert":
+    t = SimpleNamespace(**model_cfg.tiny)
+    if model_cfg.tiny.get("arch") == "distilbert":
         return DistilBertConfig(vocab_size=vocab_size, dim=t.hidden_size, hidden_dim=t.intermediate_size,
                                 n_layers=t.num_layers, n_heads=t.num_heads, max_position_embeddings=520, pad_token_id=0,
                                 num_labels=num_labels)
@@ -88,35 +90,35 @@ def _tiny_config(model_cfg, vocab_size: int, num_labels: int):
                          hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
-def encoder_kind(task) -> str:
-    return "seq_cls" if task.kind == "cls" else "multiple_choice"
+def encoder_arch(task) -> str:
+    return "seq_cls" if task.format == "cls" else "multiple_choice"
 
 
-def load_base_model(model_cfg, source: str, kind: str, num_labels: int, vocab_size: int):
+def load_base_model(model_cfg, source: str, arch: str, num_labels: int, vocab_size: int):
     """The pretrained (or, for tiny models, seeded random) base model."""
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSequenceClassification
     cls = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
-           "multiple_choice": AutoModelForMultipleChoice}[kind]
-    dtype = DTYPES[model_cfg.get("dtype", "float32")]
-    if model_cfg.get("tiny"):
-        torch.manual_seed(int(model_cfg.tiny.init_seed))
+           "multiple_choice": AutoModelForMultipleChoice}[arch]
+    dtype = DTYPES[model_cfg.dtype]
+    if model_cfg.tiny:
+        torch.manual_seed(int(model_cfg.tiny["init_seed"]))
         return cls.from_config(_tiny_config(model_cfg, vocab_size, num_labels)).to(dtype)
-    kwargs = {"dtype": dtype, "trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
-    if kind == "seq_cls":
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if arch == "seq_cls":
         kwargs["num_labels"] = num_labels
-    quant = model_cfg.get("quantization", "none")
+    quant = model_cfg.quantization
     if quant in ("4bit", "8bit"):
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
-    if model_cfg.get("attn_implementation"):
+    if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     model = cls.from_pretrained(source, **kwargs)
     if quant in ("4bit", "8bit"):
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(model_cfg.get("gradient_checkpointing")))
-    elif model_cfg.get("gradient_checkpointing"):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     return model
@@ -126,21 +128,21 @@ def load_base_model(model_cfg, source: str, kind: str, num_labels: int, vocab_si
 class ChoiceModel(nn.Module):
     """A LoRA-adapted model that maps a batch to logits over (up to) `num_choices` answers."""
 
-    def __init__(self, peft_model: nn.Module, kind: str, num_choices: int, letter_ids: list[int] | None = None):
+    def __init__(self, peft_model: nn.Module, arch: str, num_choices: int, letter_ids: list[int] | None = None):
         super().__init__()
         self.peft = peft_model
-        self.kind = kind
+        self.arch = arch    # causal (letter head), seq_cls or multiple_choice
         self.num_choices = num_choices
         self.letter_ids = letter_ids
         self.head = None
-        if kind == "causal":
+        if arch == "causal":
             base = peft_model.get_base_model()
             weight = base.get_output_embeddings().weight[letter_ids].detach().float().clone()
             self.head = nn.Linear(weight.shape[1], num_choices, bias=False, device=weight.device)
             self.head.weight.data.copy_(weight)
 
     def forward(self, input_ids, attention_mask, choice_mask, token_type_ids=None, labels=None) -> torch.Tensor:
-        if self.kind == "causal":
+        if self.arch == "causal":
             base = self.peft.get_base_model()
             backbone = getattr(base, base.base_model_prefix)
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
@@ -167,7 +169,7 @@ class ChoiceModel(nn.Module):
                                                            if n.startswith("peft.")})
         if self.head is not None:
             save_file({"weight": state["head.weight"].detach().cpu().contiguous()}, str(folder / HEAD_FILE))
-        (folder / META_FILE).write_text(json.dumps({"kind": self.kind, "num_choices": self.num_choices,
+        (folder / META_FILE).write_text(json.dumps({"kind": self.arch, "num_choices": self.num_choices,
                                                     "letter_ids": self.letter_ids}, indent=1))
 
     def adapter_keys(self) -> dict[str, str]:
@@ -184,9 +186,9 @@ class ChoiceModel(nn.Module):
         from swag_lora.distributed import reshard, write_
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
-        if meta["kind"] != self.kind or (self.kind != "multiple_choice" and meta["num_choices"] != self.num_choices):
+        if meta["kind"] != self.arch or (self.arch != "multiple_choice" and meta["num_choices"] != self.num_choices):
             raise ValueError(f"adapter in {folder} is a {meta['kind']} model with {meta['num_choices']} choices; "
-                             f"this model is {self.kind} with {self.num_choices}")
+                             f"this model is {self.arch} with {self.num_choices}")
         saved = load_file(str(folder / "adapter_model.safetensors"))
         keys = self.adapter_keys()
         unexpected, missing = sorted(set(saved) - set(keys)), sorted(set(keys) - set(saved))
@@ -223,24 +225,21 @@ def letter_token_ids(tokenizer, n: int) -> list[int]:
 def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel:
     """Base model + LoRA (peft) + head for `task`."""
     from peft import LoraConfig, TaskType, get_peft_model
-    if model_cfg.family == "causal":
-        kind = "causal"
-    else:
-        kind = encoder_kind(task)
-    base = load_base_model(model_cfg, source, kind, task.num_choices if kind == "seq_cls" else 1, len(tokenizer))
+    arch = "causal" if model_cfg.family == "causal" else encoder_arch(task)
+    base = load_base_model(model_cfg, source, arch, task.num_choices if arch == "seq_cls" else 1, len(tokenizer))
     target = list(model_cfg.lora_target_modules)
-    common = dict(r=int(exp_cfg.lora_r), lora_alpha=float(exp_cfg.lora_alpha), lora_dropout=float(exp_cfg.lora_dropout),
-                  target_modules=target, bias=str(exp_cfg.get("train_biases", "none")))
-    if kind == "causal":   # the letter head is trained in any case; modules_to_save as the original (e.g. [classifier])
+    common = dict(r=exp_cfg.lora_r, lora_alpha=exp_cfg.lora_alpha, lora_dropout=exp_cfg.lora_dropout,
+                  target_modules=target, bias=exp_cfg.train_biases)
+    if arch == "causal":   # the letter head is trained in any case; modules_to_save as the original (e.g. [classifier])
         lora = LoraConfig(task_type=TaskType.CAUSAL_LM, modules_to_save=list(model_cfg.head_modules) or None, **common)
-    elif kind == "seq_cls":
+    elif arch == "seq_cls":
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, modules_to_save=list(model_cfg.head_modules), **common)
     else:
         lora = LoraConfig(modules_to_save=list(model_cfg.head_modules), **common)
     peft_model = get_peft_model(base, lora)
-    if kind == "causal":
-        return ChoiceModel(peft_model, kind, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
-    return ChoiceModel(peft_model, kind, task.num_choices)
+    if arch == "causal":
+        return ChoiceModel(peft_model, arch, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
+    return ChoiceModel(peft_model, arch, task.num_choices)
 
 
 def load_model(model_cfg, exp_cfg, task, offline: bool = False, model_path: str | None = None):

@@ -26,11 +26,28 @@ def shared_data() -> Path:
 
 
 def compose(*overrides: str, config_name: str = "config"):
-    """The composed config exactly as `launch_exp_hydra.py` would see it (no working-dir change)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
+    """The composed config exactly as `launch_exp_hydra.py` (config) or `python -m swag_lora.evaluate` (eval) sees it."""
+    from swag_lora.config import compose as compose_config
+    return compose_config(config_name, list(overrides))
+
+
+def run_config(*overrides: str):
+    """The typed, checked training config of `launch_exp_hydra.py <overrides>`."""
+    from swag_lora.config import parse_run, validate_train
+    run = parse_run(compose(*overrides))
+    validate_train(run)
+    return run
+
+
+FAULTS = str(REPO / "tests" / "helpers" / "faults")   # sitecustomize: SWAG_LORA_TEST_* fault injection
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment of a training subprocess: offline, no W&B, one thread, test fault injection available, and
+    the repository importable (also from tests/helpers scripts)."""
+    path = os.pathsep.join(p for p in (FAULTS, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
+            **extra}
 
 
 TINY = ("experiment.wandb_mode=disabled", "experiment.max_train_samples=48", "experiment.max_eval_samples=32",

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, TINY
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -31,6 +33,7 @@ def test_datasets_round_trip_from_original_files(shared_data, tmp_path):
     assert bad.returncode == 2 and "unknown task 'obqaa'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_models_round_trip_and_offline_training(tmp_path):
     """A local mirror stands in for the hub: the script writes <model_path>/<model_name>, which
     experiment.offline=true then trains from."""
@@ -57,6 +60,7 @@ def test_models_round_trip_and_offline_training(tmp_path):
     assert bad.returncode == 2 and "unknown model 'llama_8b'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_bash_local_mode_on_a_tiny_model(tmp_path):
     """`bash train.bash` without Slurm: no sbatch, no srun; accelerate launch on this machine."""
     env = {**ENV, "MODEL": "tiny_roberta", "TASK": "demo", "EPOCHS": "2", "SWAG_START": "1", "FORCE_SAVE": "1",

@@ -6,7 +6,11 @@ import time
 import pytest
 from conftest import REPO, compose
 
-from swag_lora.config import ConfigError, validate_train
+from swag_lora.config import ConfigError, parse_run, validate_train
+
+
+def check(*overrides):
+    validate_train(parse_run(compose(*overrides)))
 
 CASES = [
     (["experiment.task=obqa2"], "unknown experiment.task 'obqa2'; allowed: arc-c"),
@@ -22,10 +26,12 @@ CASES = [
     (["experiment.prompt_style=chat"], "unknown experiment.prompt_style 'chat'; allowed: original, lines"),
     (["experiment.val_split_size=1.5"], "experiment.val_split_size=1.5 must be in (0, 1)"),
     (["experiment.max_grad_norm=-1"], "experiment.max_grad_norm=-1 must be >= 0"),
-    (["method.swag_max_num_models=0", "method.swag_cov_mat=false"], "method.swag_max_num_models=0 must be >= 1"),
+    (["method.swag_max_num_models=0", "method.swag_cov_mat=false"], "method.swag_max_num_models=0 must be a positive integer"),
     (["method.swag_max_num_models=1"], "method.swag_max_num_models=1 must be >= 2 with method.swag_cov_mat=true"),
     (["experiment.learning_rate=0"], "experiment.learning_rate=0 must be a positive number"),
     (["experiment.learning_rate=-1e-4"], "experiment.learning_rate=-0.0001 must be a positive number"),
+    (["experiment.num_epochs=two"], "experiment.num_epochs='two' must be an integer"),
+    (["+experiment.epochs=3"], "unknown key experiment.epochs; allowed: "),
     (["experiment.batch_size=0"], "experiment.batch_size=0 must be a positive integer"),
     (["experiment.num_epochs=-2"], "experiment.num_epochs=-2 must be a positive integer"),
     (["experiment.task=obqa", "experiment.ood_task=obqa"], "experiment.ood_task='obqa' with ood_subtask='' is the in-distribution task"),
@@ -43,30 +49,31 @@ CASES = [
 @pytest.mark.parametrize("overrides,message", CASES)
 def test_bad_value_is_named(overrides, message):
     with pytest.raises(ConfigError) as err:
-        validate_train(compose(*overrides))
+        check(*overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_offline_needs_model_and_data_folders(tmp_path):
     with pytest.raises(ConfigError, match=r"model folder .*Llama-2-7b-hf does not exist"):
-        validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=",
-                               "experiment.offline=true", f"experiment.model_path={tmp_path}"))
+        check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
+              f"experiment.model_path={tmp_path}")
     (tmp_path / "meta-llama" / "Llama-2-7b-hf").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"data folder .*obqa does not exist"):
-        validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=",
-                               "experiment.offline=true", f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}"))
+        check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
+              f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}")
     (tmp_path / "obqa").mkdir()
-    validate_train(compose("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
-                           f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}"))
+    check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
+          f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}")
 
 
 def test_the_verbatim_command_composes_and_validates():
     cfg = compose("model=llama_7b_hf", "method=swag", "experiment.task=obqa", "method.force_save=5", "method.swag_start=8",
                   "method.swag_anneal_epochs=5", "method.swag_learning_rate=1e-4", "experiment.learning_rate=6e-4",
                   "experiment.num_epochs=18", "experiment.batch_size=16")
-    validate_train(cfg)
-    assert cfg.model.model_name == "meta-llama/Llama-2-7b-hf" and cfg.method.force_save == 5
+    run = parse_run(cfg)
+    validate_train(run)
+    assert run.model.model_name == "meta-llama/Llama-2-7b-hf" and run.method.force_save == 5
 
 
 @pytest.mark.parametrize("args,message", [

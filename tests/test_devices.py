@@ -7,11 +7,12 @@ import pytest
 import torch
 from test_train_e2e import train_run
 
-from swag_lora.swag import SwagPosterior
+from swag_lora.posteriors.swag import SwagPosterior
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (these run when a GPU is lent)")
 
 
+@pytest.mark.slow
 def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
     """model.dtype=bfloat16 + bf16 autocast: the base weights are bf16, LoRA and head stay fp32 (the posterior
     averages fp32 values), the saved SWAG adapter is the posterior mean, and the BMA is a proper distribution
@@ -19,7 +20,7 @@ def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
     from swag_lora.data import get_task, load_splits
     from swag_lora.data.encode import Collator, encode
     from swag_lora.predict import draw_probs
-    from swag_lora.run import load_run
+    from swag_lora.predict.evaluation import load_run
     rd, cfg = train_run(tmp_path, "model=tiny_llama", "model.dtype=bfloat16", "experiment.mixed_precision=bf16",
                         "experiment.num_epochs=3", "method.swag_start=1", "method.swag_max_num_models=3",
                         "method.force_save=1")   # the posterior of epoch 3 is kept (new minimum or forced)
@@ -32,8 +33,8 @@ def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
     run.model.load_adapter(rd / "swag_model")
     for name, mu in post.mean().items():
         torch.testing.assert_close(run.named[name].detach(), mu)
-    feats = encode(load_splits("demo", roles=("test",)).test[:24], run.tokenizer, run.model.kind, get_task("demo"), 64)
-    coll = Collator(run.tokenizer.pad_token_id, run.model.kind, run.model.num_choices, run.tokenizer.padding_side)
+    feats = encode(load_splits("demo", roles=("test",)).test[:24], run.tokenizer, run.model.arch, get_task("demo"), 64)
+    coll = Collator(run.tokenizer.pad_token_id, run.model.arch, run.model.num_choices, run.tokenizer.padding_side)
     kw = dict(posterior=post, named=run.named, num_samples=3, scale=0.5, seed=3)
     a = draw_probs(run.model, feats, coll, 8, "swag", **kw)
     b = draw_probs(run.model, feats, coll, 8, "swag", **kw)
@@ -90,17 +91,19 @@ def test_cuda_sample_covariance_is_diag_plus_low_rank():
     np.testing.assert_allclose(np.cov(draws, rowvar=False), expected, atol=0.04 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_quantized_base_weights_train_swag_and_evaluate_on_the_cpu(tmp_path, quantization):
     """bitsandbytes 0.50 runs nf4 (Linear4bit) and int8 (Linear8bitLt) layers forward and backward on the CPU:
     LoRA is trained over the quantized base, SWAG collects the (fp32) LoRA + head tensors, and evaluation samples."""
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (requirements-dev.txt pins 0.50.2)")
     import bitsandbytes as bnb
-    from conftest import compose as hydra_compose
+    from conftest import compose, run_config
 
+    from swag_lora.config import parse_eval
     from swag_lora.model import load_base_model, tiny_tokenizer
-    from swag_lora.run import evaluate, load_run
-    cfg = hydra_compose("model=tiny_llama", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128")
+    from swag_lora.predict.evaluation import evaluate, load_run, resolve_plan
+    cfg = run_config("model=tiny_llama", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128")
     tok = tiny_tokenizer("causal")         # a local copy of a tiny Llama (4-bit blocks are 64 wide)
     load_base_model(cfg.model, "", "causal", 1, len(tok)).save_pretrained(tmp_path / "tiny-llama")
     tok.save_pretrained(tmp_path / "tiny-llama")
@@ -113,8 +116,9 @@ def test_quantized_base_weights_train_swag_and_evaluate_on_the_cpu(tmp_path, qua
     post = SwagPosterior.load(rd / "swag_model")
     assert post.num_snapshots == 2 and all("lora_" in n or n == "head.weight" for n in post.shapes)
     assert {t.dtype for t in run.named.values()} == {torch.float32}
-    ev = hydra_compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=3",
-                       "evaluation.swag_sample_scale=1.0", "experiment.max_eval_samples=24", "experiment.ood_task=")
-    (res,) = evaluate(ev, runs=[run], distributed=False)
+    plan = resolve_plan(parse_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={rd}",
+                                           "evaluation.num_samples=3", "evaluation.swag_sample_scale=1.0",
+                                           "experiment.max_eval_samples=24", "experiment.ood_task=", config_name="eval")))
+    (res,) = evaluate(plan, runs=[run], distributed=False)
     assert np.isfinite(res["metrics"]["nll"]) and res["settings"]["num_draws"] == 3
     assert res["metrics"]["mutual_information"] > 0          # the samples differ

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, TINY, subprocess_env
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow   # trains or launches processes
 
 ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "experiment.eval_batch_size=12", "experiment.num_epochs=3", "method.swag_start=1",
         "method.swag_c_steps=2", "method.swag_max_num_models=4", "experiment.evaluate_after_training=false"]
@@ -16,8 +18,7 @@ ARGS = [*TINY, "method=swag", "model=tiny_llama", "experiment.lora_dropout=0", "
 
 def _env():
     # CPU processes on any machine: on a GPU host, torch's gloo barrier would otherwise pick cuda:<local rank>
-    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
-         "CUDA_VISIBLE_DEVICES": ""}
+    e = subprocess_env(ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
     return e

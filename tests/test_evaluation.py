@@ -7,11 +7,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose
+from conftest import REPO, TINY, compose, run_config
 
 from swag_lora import metrics as M
-from swag_lora.predict import apply_temperature, draw_probs, fit_temperature, predict_probs
-from swag_lora.swag import SwagPosterior
+from swag_lora.predict.draws import draw_probs, predict_probs
+from swag_lora.predict.temperature import apply_temperature, fit_temperature
+from swag_lora.posteriors.swag import SwagPosterior
 
 RUN_ARGS = ("method=swag", "model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.swag_c_steps=2",
             "method.swag_max_num_models=4")
@@ -20,28 +21,23 @@ RUN_ARGS = ("method=swag", "model=tiny_roberta", "experiment.num_epochs=3", "met
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny SWAG runs that differ only in their seed."""
-    from swag_lora.config import validate_train
-    from swag_lora.train import train
+    from swag_lora.train.loop import train
     root = tmp_path_factory.mktemp("runs")
-    out = []
-    for seed in (0, 1):
-        cfg = compose(*TINY, *RUN_ARGS, f"experiment.save_folder={root}", "experiment.evaluate_after_training=false",
-                      f"experiment.seed={seed}")
-        validate_train(cfg)
-        out.append(train(cfg))
-    return out
+    return [train(run_config(*TINY, *RUN_ARGS, f"experiment.save_folder={root}", "experiment.eval_upon_save=false",
+                             f"experiment.seed={seed}")) for seed in (0, 1)]
 
 
 def _loaded(rd):
     from swag_lora.data import get_task, load_splits
     from swag_lora.data.encode import Collator, encode
-    from swag_lora.run import load_run
+    from swag_lora.predict.evaluation import load_run
     run = load_run(rd, device="cpu")
     rows = load_splits("demo", roles=("test",)).test[:40]
-    feats = encode(rows, run.tokenizer, run.model.kind, get_task("demo"), 64)
-    return run, feats, Collator(run.tokenizer.pad_token_id, run.model.kind, 4, run.tokenizer.padding_side)
+    feats = encode(rows, run.tokenizer, run.model.arch, get_task("demo"), 64)
+    return run, feats, Collator(run.tokenizer.pad_token_id, run.model.arch, 4, run.tokenizer.padding_side)
 
 
+@pytest.mark.slow
 def test_swag_bma_is_mean_of_sample_probabilities_and_restores_weights(runs):
     run, feats, coll = _loaded(runs[0])
     run.model.load_adapter(runs[0] / "swag_model")
@@ -66,6 +62,7 @@ def test_swag_bma_is_mean_of_sample_probabilities_and_restores_weights(runs):
     assert M.classification_metrics(members, labels)["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
 
 
+@pytest.mark.slow
 def test_swa_scale_zero_equals_posterior_mean_predictions(runs):
     run, feats, coll = _loaded(runs[0])
     post = SwagPosterior.load(runs[0] / "swag_model")
@@ -77,6 +74,7 @@ def test_swa_scale_zero_equals_posterior_mean_predictions(runs):
     np.testing.assert_allclose(swa[0], predict_probs(run.model, feats, coll, 16), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_length_sorted_batches_score_every_row_once(runs):
     run, feats, coll = _loaded(runs[0])
     run.model.eval()
@@ -148,27 +146,30 @@ def test_report_keeps_every_setting_that_changes_the_predictive_apart():
                       rec("multiswa", "multiswag", 0.0, False), rec("multiswa+ts", "multiswag", 0.0, True),
                       rec("swa", "swag", 0.0, False, seed=1)])
     assert sorted((r["method"], r["n"]) for r in rows) == [("multiswa", 1), ("multiswa+ts", 1), ("swa", 2), ("swa+ts", 1)]
-    from omegaconf import OmegaConf
+    from swag_lora.config import EvaluationConfig
+    from swag_lora.predict.methods import make_method
+    base = dict(eval_model_path="", eval_model_paths=[], num_samples=1, swag_sample_scale=0.0, swag_cov_mat=True,
+                only_ood=False, seed=0, temperature_scaling=True, ece_bins=15, split="test", sort_by_length=True, output_dir="")
+    assert make_method(EvaluationConfig(eval_method="swag", **base)).label() == "swa"
+    assert make_method(EvaluationConfig(eval_method="multiswag", **base)).label() == "multiswa"
 
-    from swag_lora.run import method_label
-    ev = OmegaConf.create({"swag_sample_scale": 0.0, "temperature_scaling": True})
-    assert method_label("swag", ev) == "swa+ts" and method_label("multiswag", ev) == "multiswa+ts"
 
-
+@pytest.mark.slow
 def test_members_must_agree(runs, tmp_path):
-    from omegaconf import OmegaConf
+    import copy
 
-    from swag_lora.config import ConfigError
-    from swag_lora.run import check_members
-    a = OmegaConf.load(runs[0] / "config.yaml")
-    b = OmegaConf.load(runs[0] / "config.yaml")
+    from swag_lora.config import ConfigError, MapConfig, load_run_config
+    from swag_lora.predict.methods import check_members, make_method
+    a = load_run_config(runs[0])
+    b = copy.deepcopy(a)
     b.experiment.task = "sst2"
     with pytest.raises(ConfigError, match="ensemble members disagree on task: 'demo' \\(member 0\\) vs 'sst2' \\(member 1\\)"):
         check_members([a, b], "ensemble")
-    c = OmegaConf.load(runs[0] / "config.yaml")
-    c.method.method_name = "map"
-    with pytest.raises(ConfigError, match="multiswag member 1 was trained with method=map"):
-        check_members([a, c], "multiswag")
+    c = copy.deepcopy(a)
+    c.method = MapConfig(method_name="map")
+    with pytest.raises(ConfigError, match="was trained with method=map; evaluation.eval_method=multiswag needs a SWAG run"):
+        make_method(a.evaluation.__class__(**{**a.evaluation.__dict__, "eval_method": "multiswag", "swag_sample_scale": 1.0})
+                    ).check([a, c], [runs[0], runs[1]])
 
 
 def _script(name, env, *args):
@@ -177,6 +178,7 @@ def _script(name, env, *args):
     return subprocess.run(["bash", f"evaluate/{name}", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
     out = tmp_path / "eval"
     common = {"NUM_SAMPLES": "2", "OOD_TASK": "demo", "OOD_SUBTASK": "shifted"}
@@ -185,12 +187,19 @@ def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
                       ("evaluate_dropout.bash", {"MODEL_PATH": str(runs[0])}),
                       ("evaluate_swag.bash", {"MODEL_PATH": str(runs[0])}),
                       ("evaluate_swag.bash", {"MODEL_PATH": str(runs[0]), "NUM_SAMPLES": "1", "SWAG_SAMPLE_SCALE": "0.0"}),
+                      ("evaluate_swag.bash", {"MODEL_PATH": str(runs[0]), "NUM_SAMPLES": "1", "SWAG_SAMPLE_SCALE": "0.0",
+                                              "TEMPERATURE_SCALING": "true"}),
                       ("evaluate_ensemble.bash", {"PATHS": f"{runs[0]} {runs[1]}"}),
                       ("evaluate_multiswag.bash", {"PATHS": f"{runs[0]} {runs[1]}"})]:
         p = _script(name, {**common, **env}, *extra)
         assert p.returncode == 0, p.stderr[-2000:]
     names = sorted(f.name for f in out.glob("*.json"))
     assert "swa_id_demo_test.json" in names and "multiswag_s2_scale1_m2_ood_demo_shifted_test.json" in names
+    ts = json.loads((out / "swa_ts_id_demo_test.json").read_text())
+    assert ts["label"] == "swa+ts" and ts["settings"]["temperature"] > 0 and ts["settings"]["temperature_scaling"]
+    from swag_lora.report import aggregate, load_records
+    labels = sorted(r["method"] for r in aggregate(load_records(sorted(out.glob("*.json")))) if r["distribution"] == "id")
+    assert labels.count("swa") == 1 and labels.count("swa+ts") == 1
     rec = json.loads((out / "ensemble_m2_ood_demo_shifted_test.json").read_text())
     assert rec["settings"]["num_draws"] == 2 and rec["num_examples"] == 40
     assert rec["metrics"]["mutual_information"] > 0        # an ensemble's MI is not 0
@@ -206,18 +215,17 @@ def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
     assert p.returncode == 2 and "set MODEL_PATH" in p.stderr
 
 
+@pytest.mark.slow
 def test_report_groups_seeds_with_paired_differences(runs, tmp_path):
     from swag_lora.report import build_report
-    from swag_lora.run import evaluate
+    from swag_lora.predict.evaluation import evaluate, resolve_plan
+    from swag_lora.config import parse_eval
     for rd in runs:
         for method, scale in (("base", 0.5), ("swag", 0.5)):
-            cfg = compose(f"evaluation.eval_method={method}", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=2",
-                          f"evaluation.swag_sample_scale={scale}", "experiment.max_eval_samples=40")
-            from omegaconf import open_dict
-            with open_dict(cfg):
-                cfg.experiment.ood_task = None
-                cfg.experiment.ood_subtask = None
-            evaluate(cfg)
+            evaluate(resolve_plan(parse_eval(compose(
+                f"evaluation.eval_method={method}", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=2",
+                f"evaluation.swag_sample_scale={scale}", "experiment.max_eval_samples=40", "experiment.ood_task=",
+                config_name="eval"))))
     md = build_report([str(r) for r in runs], str(tmp_path / "report"))
     rows = [line for line in md.splitlines() if line.startswith("| id |")]
     assert len(rows) == 2

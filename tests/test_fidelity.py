@@ -10,12 +10,11 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, compose
+from conftest import REPO, TINY, run_config
 from safetensors.torch import load_file
 from test_schedule import original_lrs
 
-from swag_lora.config import validate_train
-from swag_lora.swag import SwagPosterior
+from swag_lora.posteriors.swag import SwagPosterior
 
 SEED_COMMAND = ["model=llama_7b_hf", "method=swag", "experiment.task=obqa", "method.force_save=5", "method.swag_start=8",
                 "method.swag_anneal_epochs=5", "method.swag_learning_rate=1e-4", "experiment.learning_rate=6e-4",
@@ -62,20 +61,21 @@ def test_seed_command_cfg_job_shows_the_original_values():
 
 def test_each_original_key_composes_and_changes_what_it_names(tmp_path):
     from swag_lora.model import load_model
-    from swag_lora.train import lr_schedule
+    from swag_lora.train.loop import lr_schedule
     base = ("model=tiny_llama", "method=swag", "method.swag_start=1", "experiment.num_epochs=3")
-    lin = lr_schedule(compose(*base), 10)
-    cos = lr_schedule(compose(*base, "experiment.scheduler=cosine"), 10)
+    lin = lr_schedule(run_config(*base), 10)
+    cos = lr_schedule(run_config(*base, "experiment.scheduler=cosine"), 10)
     assert cos.scheduler == "cosine" and cos(5) != lin(5)
-    assert lr_schedule(compose(*base, "experiment.lr_scheduler=cosine"), 10) == cos
-    cfg = compose(*base, "experiment.val_split_size=0.3", "experiment.eval_upon_save=false", "method.swag_scheduler=cos")
-    validate_train(cfg)
+    assert lr_schedule(run_config(*base, "experiment.lr_scheduler=cosine"), 10) == cos
+    cfg = run_config(*base, "experiment.val_split_size=0.3", "experiment.eval_upon_save=false", "method.swag_scheduler=cos")
     assert cfg.experiment.val_fraction == 0.3 and cfg.experiment.evaluate_after_training is False
+    ours = run_config(*base, "experiment.val_fraction=0.3", "experiment.evaluate_after_training=false")
+    assert ours.experiment.val_split_size == 0.3 and ours.experiment.eval_upon_save is False   # either name works
     # LoRA targets, biases, modules_to_save: what is trained
     from swag_lora.data import get_task
 
     def trained(*overrides, model="tiny_roberta"):
-        c = compose(f"model={model}", *overrides)
+        c = run_config(f"model={model}", *overrides)
         _, m = load_model(c.model, c.experiment, get_task("demo"))
         return [n for n, p in m.named_parameters() if p.requires_grad]
     default = trained()
@@ -95,10 +95,9 @@ def test_each_original_key_composes_and_changes_what_it_names(tmp_path):
 
 # ---------------------------------------------------------------- a tiny run, checked against the original's rules
 def run(tmp_path, *overrides):
-    from swag_lora.train import train
-    cfg = compose(*TINY, "method=swag", f"experiment.save_folder={tmp_path}", "experiment.evaluate_after_training=false",
-                  *overrides)
-    validate_train(cfg)
+    from swag_lora.train.loop import train
+    cfg = run_config(*TINY, "method=swag", f"experiment.save_folder={tmp_path}", "experiment.eval_upon_save=false",
+                     *overrides)
     rd = train(cfg)
     rows = list(csv.DictReader(open(rd / "training_log.csv")))
     return rd, cfg, rows, json.loads((rd / "run_info.json").read_text())
@@ -136,6 +135,7 @@ RULES_RUN = ("model=tiny_llama", "experiment.num_epochs=7", "method.swag_start=3
              "method.swag_anneal_epochs=1")
 
 
+@pytest.mark.slow
 def test_run_info_follows_the_original_rules(tmp_path):
     rd, cfg, rows, info = run(tmp_path, *RULES_RUN)
     want, snapshots_at = original_rules(rows, swag_start=3, force_save=1)
@@ -148,13 +148,14 @@ def test_run_info_follows_the_original_rules(tmp_path):
     assert yaml.safe_load((rd / "config.yaml").read_text())["experiment"]["save_path"] == str(rd)
 
 
+@pytest.mark.slow
 def test_reload_at_swag_start_loads_the_lowest_loss_adapter(tmp_path):
     """With SWAG's learning rate ~0 the first snapshot is the reloaded adapter itself."""
     over = ("model=tiny_llama", "experiment.num_epochs=4", "method.swag_start=3", "method.swag_max_num_models=2",
             "experiment.learning_rate=1e-2", "method.swag_anneal_strategy=constant", "method.swag_learning_rate=1e-12")
     rd, cfg, rows, info = run(tmp_path / "reload", *over)
     assert info["reloaded_from_epoch"] is not None and info["reloaded_from_epoch"] < 3, "the setting must reload an earlier epoch"
-    from swag_lora.run import load_run
+    from swag_lora.predict.evaluation import load_run
     post = SwagPosterior.load(rd / "swag_model")
     loaded = load_run(rd, device="cpu")
     loaded.model.load_adapter(rd / "base_model")
@@ -172,6 +173,7 @@ def test_reload_at_swag_start_loads_the_lowest_loss_adapter(tmp_path):
         torch.testing.assert_close(mu, last2[name], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_path, monkeypatch):
     seen = []
     step = torch.optim.AdamW.step
@@ -191,6 +193,7 @@ def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_pa
     assert seen == pytest.approx(ref, rel=1e-9, abs=1e-18)
 
 
+@pytest.mark.slow
 def test_the_papers_command_on_a_tiny_llama_trains_the_original_procedure(tmp_path, shared_data, monkeypatch):
     """The seed command verbatim, with a tiny Llama in place of Llama-2-7B and 32 OBQA training rows: 18 epochs of
     2 batches, the original's learning rate at every step, and its reload / MAP / SWAG-save rules."""

@@ -7,15 +7,17 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, TINY, subprocess_env
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow   # trains or launches processes
 
 ARGS = [*TINY, "method=swag", "model=tiny_roberta", "experiment.num_epochs=4", "method.swag_start=1", "method.swag_max_num_models=3",
         "experiment.evaluate_after_training=false"]
 
 
 def launch(save, *extra, env=None):
-    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    e = subprocess_env(**(env or {}))
     return subprocess.run([sys.executable, "launch_exp_hydra.py", *ARGS, f"experiment.save_folder={save}", *extra],
                           cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
 
@@ -115,7 +117,7 @@ def test_sigterm_during_the_closing_evaluation_ends_the_process_promptly(tmp_pat
     """Outside the epochs a stop signal ends the run at once (status 128 + 15), leaving no half-written file."""
     import signal
     import time
-    e = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    e = subprocess_env()
     args = [a for a in ARGS if not a.startswith("experiment.evaluate_after_training")]
     proc = subprocess.Popen([sys.executable, "launch_exp_hydra.py", *args, f"experiment.save_folder={tmp_path}",
                              "evaluation.num_samples=400"], cwd=REPO, env=e, stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from torch.optim.swa_utils import SWALR
 from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
                           get_cosine_with_hard_restarts_schedule_with_warmup, get_linear_schedule_with_warmup)
 
-from swag_lora.schedule import LRSchedule
+from swag_lora.train.schedule import LRSchedule
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from swag_lora.swag import SwagPosterior
+from swag_lora.posteriors.swag import SwagPosterior
 
 
 def snapshots(n, seed=0):

@@ -5,19 +5,19 @@ import re
 
 import pytest
 import torch
-from conftest import TINY, compose
+from conftest import TINY, compose, run_config
 
-from swag_lora.swag import SwagPosterior
+from swag_lora.posteriors.swag import SwagPosterior
+
+pytestmark = pytest.mark.slow   # trains or launches processes
 
 
 def train_run(tmp_path, *overrides):
-    from swag_lora.config import validate_train
-    from swag_lora.train import train
+    from swag_lora.train.loop import train
     if not any(o.startswith("method=") for o in overrides):
         overrides = ("method=swag", *overrides)
-    cfg = compose(*TINY, f"experiment.save_folder={tmp_path}", "experiment.evaluate_after_training=false", *overrides)
-    validate_train(cfg)
-    return train(cfg), cfg
+    run = run_config(*TINY, f"experiment.save_folder={tmp_path}", "experiment.eval_upon_save=false", *overrides)
+    return train(run), run
 
 
 @pytest.mark.parametrize("model,task", [("tiny_llama", "demo"), ("tiny_roberta", "demo")])
@@ -39,7 +39,7 @@ def test_run_directory_contents(tmp_path, model, task):
     assert all("lora_" in n or "head" in n or "classifier" in n for n in post.shapes)
     assert post.num_params < 20_000
     # the adapter in swag_model/ is the posterior mean
-    from swag_lora.run import load_run
+    from swag_lora.predict.evaluation import load_run
     run = load_run(rd, device="cpu")
     run.model.load_adapter(rd / "swag_model")
     for name, mu in post.mean().items():
@@ -110,7 +110,8 @@ def test_seeds_and_settings_never_share_a_run_directory(tmp_path):
 
 
 def test_diagonal_swag_stores_no_deviations_and_refuses_low_rank_evaluation(tmp_path):
-    from swag_lora.config import ConfigError, validate_eval
+    from swag_lora.config import ConfigError, parse_eval
+    from swag_lora.predict.evaluation import resolve_plan
     common = ("model=tiny_roberta", "experiment.num_epochs=3", "method.swag_start=1", "method.force_save=1",
               "method.swag_max_num_models=3")
     full, _ = train_run(tmp_path / "full", *common)
@@ -120,8 +121,10 @@ def test_diagonal_swag_stores_no_deviations_and_refuses_low_rank_evaluation(tmp_
     size = lambda rd: (rd / "swag_model" / "swag_posterior.safetensors").stat().st_size  # noqa: E731
     assert size(diag) < size(full) - 2 * 4 * meta["num_params"] + 1024     # no K x P deviation block
     with pytest.raises(ConfigError, match=r"is diagonal \(trained with method.swag_cov_mat=false\)"):
-        validate_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}"))
-    validate_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}", "evaluation.swag_cov_mat=false"))
+        resolve_plan(parse_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}",
+                                        config_name="eval")))
+    resolve_plan(parse_eval(compose("evaluation.eval_method=swag", f"evaluation.eval_model_path={diag}",
+                                    "evaluation.swag_cov_mat=false", config_name="eval")))
 
 
 def test_map_method_has_no_posterior(tmp_path):

@@ -22,7 +22,6 @@ import torch
 from swag_lora.model import LETTERS
 
 
-PROMPT_STYLES = ("original", "lines")
 PERIOD_TASKS = ("obqa", "mmlu")   # the original appended a period to these tasks' choices
 
 
@@ -33,11 +32,11 @@ def _original_choice(task, text: str) -> str:
 
 
 def causal_prompt(task, ex: dict, style: str = "original") -> str:
-    if style == "original" and task.kind == "mc":
+    if style == "original" and task.format == "mc":
         choices = " ".join(f"{LETTERS[i]}. {_original_choice(task, c)}" for i, c in enumerate(ex["choices"]))
         return f"Select one of the choices that answers the following question: {ex['text']} Choices: {choices} Answer:"
     lines = []
-    if task.kind == "cls":
+    if task.format == "cls":
         lines.append(f"{task.text_names[0]}: {ex['text']}")
         if ex.get("text_pair"):
             lines.append(f"{task.text_names[1]}: {ex['text_pair']}")
@@ -49,16 +48,16 @@ def causal_prompt(task, ex: dict, style: str = "original") -> str:
     return "\n".join(lines)
 
 
-def encode(examples: list[dict], tokenizer, kind: str, task, max_length: int, prompt_style: str = "original") -> list[dict]:
+def encode(examples: list[dict], tokenizer, arch: str, task, max_length: int, prompt_style: str = "original") -> list[dict]:
     """Tokenise every example once: features with `input_ids` (a list, or one list per choice for
     multiple choice), optional `token_type_ids`, `num_choices`, `label` and `length`."""
     feats = []
     for ex in examples:
         n = len(ex["choices"])
-        if kind == "causal":
+        if arch == "causal":
             enc = tokenizer(causal_prompt(task, ex, prompt_style), truncation=True, max_length=max_length)
             f = {"input_ids": enc["input_ids"]}
-        elif kind == "seq_cls":
+        elif arch == "seq_cls":
             enc = tokenizer(ex["text"], ex.get("text_pair"), truncation=True, max_length=max_length)
             f = {"input_ids": enc["input_ids"]}
             if "token_type_ids" in enc:
@@ -69,8 +68,8 @@ def encode(examples: list[dict], tokenizer, kind: str, task, max_length: int, pr
             if "token_type_ids" in enc:
                 f["token_type_ids"] = enc["token_type_ids"]
         ids = f["input_ids"]
-        f.update(num_choices=n if kind != "seq_cls" else task.num_choices, label=int(ex["label"]),
-                 length=max(len(x) for x in ids) if kind == "multiple_choice" else len(ids))
+        f.update(num_choices=n if arch != "seq_cls" else task.num_choices, label=int(ex["label"]),
+                 length=max(len(x) for x in ids) if arch == "multiple_choice" else len(ids))
         feats.append(f)
     return feats
 
@@ -82,8 +81,8 @@ def _pad(seqs: list[list[int]], length: int, value: int, left: bool) -> list[lis
 class Collator:
     """Pads a list of features into tensors; multiple choice gives B x C x L with dummy choices masked."""
 
-    def __init__(self, pad_id: int, kind: str, num_choices: int, padding_side: str = "right"):
-        self.pad_id, self.kind, self.num_choices, self.left = pad_id, kind, num_choices, padding_side == "left"
+    def __init__(self, pad_id: int, arch: str, num_choices: int, padding_side: str = "right"):
+        self.pad_id, self.arch, self.num_choices, self.left = pad_id, arch, num_choices, padding_side == "left"
 
     def __call__(self, feats: list[dict]) -> dict[str, torch.Tensor]:
         C = self.num_choices
@@ -93,7 +92,7 @@ class Collator:
         out = {"choice_mask": choice_mask, "labels": torch.tensor([f["label"] for f in feats], dtype=torch.long)}
         L = max(f["length"] for f in feats)
         has_tt = "token_type_ids" in feats[0]
-        if self.kind == "multiple_choice":
+        if self.arch == "multiple_choice":
             ids, tts = [], []
             for f in feats:
                 seqs = f["input_ids"] + [f["input_ids"][0][:2]] * (C - len(f["input_ids"]))   # dummy choices (masked)

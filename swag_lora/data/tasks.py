@@ -83,7 +83,7 @@ class Task:
     """
     name: str
     hub_id: str
-    kind: str                                  # "mc" (choose among answer texts) or "cls" (label names)
+    format: str                                # "mc" (choose among answer texts) or "cls" (label names)
     to_example: Callable[[dict], Example]
     splits: dict[str, str | None]
     num_choices: int                           # the largest number of choices a question may have
@@ -117,7 +117,7 @@ CARVED = {"train": "train", "validation": None, "test": "validation"}
 def _glue(name: str, a: str, b: str | None, labels: tuple[str, ...], prompt: str, text_names=("Sentence", "Sentence 2"), **kw) -> Task:
     splits = dict(CARVED, test="validation_matched") if name == "mnli" else CARVED
     kw.setdefault("report_mcc", True)   # GLUE's own metric for CoLA; reported for every GLUE task
-    return Task(name=name, hub_id="nyu-mll/glue", hub_config=name, kind="cls", to_example=_pair(a, b, labels),
+    return Task(name=name, hub_id="nyu-mll/glue", hub_config=name, format="cls", to_example=_pair(a, b, labels),
                 splits=splits, num_choices=len(labels), prompt=prompt, text_names=text_names, **kw)
 
 

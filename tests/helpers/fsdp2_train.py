@@ -37,7 +37,7 @@ if __name__ == "__main__":
     Accelerator.prepare = prepare_fsdp2
     from hydra import compose, initialize_config_dir
 
-    from swag_lora.run import main_train
+    from swag_lora.cli import main_train
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=sys.argv[1:])
     sys.exit(main_train(cfg))

@@ -1,0 +1,570 @@
+"""Typed configuration, declared once.
+
+Hydra composes `conf/` (YAML: the values); `parse_run` / `parse_eval` convert the composed config into the
+dataclasses below (the declarations: type, allowed values, help) and check it.  Every bad value raises
+`ConfigError` with one line naming it and what is allowed; the entrypoints print it and exit 2, before any
+model loads.  The README's configuration table is generated from these dataclasses (`python -m swag_lora.config`)
+and a test keeps the two, and the YAML files, in step.
+
+Keys the original (fortuinlab/swag-lora) spells differently exist under both names; config.yaml interpolates
+ours from the original's, so either can be set (`alias` in the metadata).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from swag_lora.data.tasks import TASK_NAMES, check_subtask, get_task
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line for the user."""
+
+
+def opt(help: str, *, choices: tuple | None = None, check: str | None = None, alias: str | None = None,
+        optional: bool = False, default: Any = dataclasses.MISSING):
+    """A config field: `help` (README), `choices` (allowed values), `check` (positive, positive_int, fraction,
+    nonneg, nonneg_int), `alias` (the original's name of the same key), `optional` (may be absent: None)."""
+    meta = {"help": help, "choices": choices, "check": check, "alias": alias, "optional": optional}
+    if optional and default is dataclasses.MISSING:
+        default = None
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- the declarations
+MODEL_FAMILIES = ("causal", "encoder")
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATION = ("none", "4bit", "8bit")
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_hard_restarts")
+ANNEAL_STRATEGIES = ("linear", "cos", "cosine", "constant", "cosine_hard_restarts")
+MODULES_TO_SWAG = ("grad_only", "lora_only", "all")
+PROMPT_STYLES = ("original", "lines")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("the model config's name (conf/model/<name>.yaml)")
+    model_name: str = opt("hub id (or a local folder); any model of the family works, e.g. meta-llama/Llama-3.2-1B")
+    family: str = opt("causal LM (letter head) or encoder (sequence classification / multiple choice)", choices=MODEL_FAMILIES)
+    dtype: str = opt("base weights dtype (the paper's models: float32, as the original loaded them)", choices=DTYPES)
+    target_modules: list = opt("LoRA target modules", alias="lora_target_modules")
+    lora_target_modules: list = opt("this project's name of target_modules")
+    modules_to_save: list = opt("modules trained in full beside LoRA (peft modules_to_save); a causal LM's letter "
+                                "head is always trained", alias="head_modules")
+    head_modules: list = opt("this project's name of modules_to_save")
+    max_length: int = opt("prompt tokens kept (from the end for causal LMs)", check="positive_int")
+    trust_remote_code: bool = opt("run the model repository's own code (off unless asked)")
+    quantization: str = opt("bitsandbytes 4- or 8-bit base weights (CPU and CUDA)", choices=QUANTIZATION)
+    gradient_checkpointing: bool = opt("recompute activations in the backward pass")
+    package: str | None = opt("load the weights shipped by this installed package (the demo's MiniLM)", optional=True)
+    tiny: dict | None = opt("build a tiny model from a config instead of loading weights (tests)", optional=True)
+    attn_implementation: str | None = opt("transformers attn_implementation (e.g. sdpa)", optional=True)
+
+
+@dataclass
+class ExperimentConfig:
+    task: str = opt("training task (README, Tasks)", choices=TASK_NAMES)
+    subtask: str = opt("MMLU subject or group, WinoGrande size, MNLI matched/mismatched, demo shifted")
+    ood_task: str = opt("task evaluated out of distribution after training; auto = the demo's shifted split for the "
+                        "demo task, none otherwise; empty = none")
+    ood_subtask: str = opt("subtask of ood_task")
+    ood_batch_size: int = opt("batch size of the OOD evaluation", check="positive_int")
+    num_epochs: int = opt("epochs", check="positive_int")
+    batch_size: int = opt("global batch per optimizer step: split across processes and, with gradient accumulation, "
+                          "into batch_size / gradient_accumulation_steps loader batches", check="positive_int")
+    eval_batch_size: int = opt("batch size of validation and evaluation", check="positive_int")
+    learning_rate: float = opt("AdamW learning rate", check="positive")
+    weight_decay: float = opt("AdamW weight decay", check="nonneg")
+    gradient_accumulation_steps: int = opt("loader batches per optimizer step", check="positive_int")
+    warmup_length: float = opt("fraction of all loader batches spent warming up", check="fraction0")
+    scheduler: str = opt("transformers' schedule with warm-up, before swag_start", choices=SCHEDULERS, alias="lr_scheduler")
+    lr_scheduler: str = opt("this project's name of scheduler", choices=SCHEDULERS)
+    num_lr_cycles: float = opt("cosine: 0.5 is one half-cosine to 0; cosine_hard_restarts: an integer", check="positive")
+    max_grad_norm: float = opt("> 0 clips gradients (opt-in; the original clips nothing)", check="nonneg")
+    mixed_precision: str | None = opt("no, fp16, bf16; null = what accelerate launch says", choices=(None, "no", "fp16", "bf16"))
+    lora_r: int = opt("LoRA rank", check="positive_int")
+    lora_alpha: float = opt("LoRA alpha", check="positive")
+    lora_dropout: float = opt("LoRA dropout", check="fraction0")
+    train_biases: str = opt("peft's LoRA bias setting", choices=("none", "all", "lora_only"))
+    seed: int = opt("seed (initialisation, data order, carving validation)")
+    val_split_size: float = opt("fraction of train carved as validation where the test split has no labels (the same "
+                                "rows as the original's train_test_split(test_size, seed))", check="fraction", alias="val_fraction")
+    val_fraction: float = opt("this project's name of val_split_size", check="fraction")
+    prompt_style: str = opt("causal LMs on multiple choice: the original's one-line prompt, or lines", choices=PROMPT_STYLES)
+    arc_all_items: bool = opt("keep ARC's 3- and 5-choice questions (opt-in; the original keeps the 4-choice ones)")
+    max_train_samples: int = opt("truncate the training split (0 = all; smoke tests)", check="nonneg_int")
+    max_eval_samples: int = opt("truncate validation and evaluation splits (0 = all)", check="nonneg_int")
+    overwrite: bool = opt("replace a finished run of the same settings (else refused)")
+    resume: str = opt("resume from the run's checkpoint", choices=("auto", "never", "must"))
+    offline: bool = opt("read <model_path>/<model_name> and <data_path>/<task>[_<subtask>]; no network")
+    data_path: str = opt("offline datasets (download_datasets4cluster.py)")
+    model_path: str = opt("offline models (download_models4cluster.py)")
+    save_folder: str = opt("root of the run directories")
+    save_path: str = opt("set by the run to its directory (the original's key; recorded in config.yaml)")
+    exp_name: str = opt("run name (a readable name from the key settings when empty)")
+    wandb_mode: str = opt("Weights & Biases; offline needs no login (wandb sync later)", choices=("online", "offline", "disabled"))
+    wandb_project: str = opt("W&B project")
+    wandb_path: str = opt("W&B directory")
+    wandb_group: str = opt("W&B group")
+    log_every_steps: int = opt("log the step loss every N optimizer steps (0 = never)", check="nonneg_int")
+    checkpoint_every_steps: int = opt("extra checkpoints inside an epoch (0 = at epoch ends only)", check="nonneg_int")
+    eval_upon_save: bool = opt("print the evaluation table (MAP, dropout, SWA, SWAG; ID and OOD) after training",
+                               alias="evaluate_after_training")
+    evaluate_after_training: bool = opt("this project's name of eval_upon_save")
+
+
+@dataclass
+class MethodConfig:
+    method_name: str = opt("swag (the original's), swag_demo (the default: tuned for the 6-epoch demo), map")
+
+
+@dataclass
+class MapConfig(MethodConfig):
+    """Plain LoRA fine-tuning: the lowest-validation-loss adapter, no posterior."""
+
+
+@dataclass
+class SwagConfig(MethodConfig):
+    """SWAG over the LoRA (+ head) weights: the original's conf/method/swag.yaml, then this project's opt-ins."""
+    swag_start: int = opt("epochs of ordinary training; collection at the end of epochs swag_start + 1, ...", check="nonneg_int")
+    force_save: int = opt("save the SWAG model at 0-based epoch swag_start + force_save unless a new minimum of the SWA "
+                          "validation loss came then (training goes on)")
+    modules_to_swag: str = opt("tensors in the posterior: LoRA + head, LoRA only, all", choices=MODULES_TO_SWAG)
+    swag_scheduler: str = opt("accepted for the original's configs, which read it only for the run name; unused")
+    swag_learning_rate: float = opt("the rate SWALR anneals to", check="positive")
+    swag_anneal_epochs: int = opt("epochs of SWALR's anneal", check="nonneg_int")
+    swag_max_num_models: int = opt("K: deviation columns kept (oldest dropped); the low-rank term divides by K - 1",
+                                   check="positive_int")
+    swag_cov_mat: bool = opt("keep the low-rank covariance; false = diagonal SWAG (no columns stored)")
+    swag_c_epochs: int = opt("collect every N epochs", check="positive_int")
+    swag_sample_scale: float = opt("the run's default evaluation scale (evaluation.swag_sample_scale=null reads it)",
+                                   check="nonneg")
+    swag_anneal_strategy: str = opt("SWALR's linear or cos (= cosine); opt-in: constant, cosine_hard_restarts",
+                                    choices=ANNEAL_STRATEGIES)
+    swag_start_with_lowest_loss: bool = opt("reload the lowest-validation-loss adapter when collection starts")
+    swag_save_base_model: bool = opt("keep base_model/ (the lowest-validation-loss adapter)")
+    swag_c_steps: int = opt("> 0: collect every N optimizer steps after swag_start epochs (opt-in)", check="nonneg_int")
+    stop_at_force_save: bool = opt("stop training after the force_save epoch (opt-in)")
+    swag_k_held: bool = opt("divide the low-rank term by (columns held - 1), not swag_max_num_models - 1 (opt-in)")
+    swag_device: str = opt("posterior buffers beside the weights or on the CPU", choices=("same", "cpu"))
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig}
+
+
+@dataclass
+class EvaluationConfig:
+    eval_method: str = opt("the evaluation method (README, Evaluation methods)")
+    eval_model_path: str = opt("a run directory (or its base_model/ or swag_model/ folder)")
+    eval_model_paths: list = opt("ensemble / MultiSWAG members (run directories)")
+    num_samples: int = opt("dropout passes or posterior samples per member", check="positive_int")
+    swag_sample_scale: float | None = opt("SWAG scale s (0 = SWA); null = the run's method.swag_sample_scale", check="nonneg")
+    swag_cov_mat: bool = opt("use the SWAG low-rank term")
+    only_ood: bool = opt("evaluate the OOD task only")
+    seed: int = opt("seed of the draws")
+    temperature_scaling: bool = opt("fit a temperature on validation rows and apply it on top of the method")
+    ece_bins: int = opt("extra ECE bin count in the JSON (ece is always 15 bins)", check="positive_int")
+    split: str = opt("the in-distribution split", choices=("test", "validation"))
+    sort_by_length: bool = opt("length-sorted batches (less padding)")
+    output_dir: str = opt("where the JSON/npz/PNG go (default: <run dir>/eval)")
+
+
+@dataclass
+class DataOverrides:
+    """conf/eval.yaml's `experiment` keys: what an evaluation changes of the evaluated run's data (null = the run's)."""
+    task: str | None = opt("in-distribution task (null: the run's own)", optional=True)
+    subtask: str | None = opt("its subtask", optional=True)
+    ood_task: str | None = opt("OOD task (null: the run's own; empty: none)", optional=True)
+    ood_subtask: str | None = opt("its subtask", optional=True)
+    ood_batch_size: int | None = opt("OOD batch size", check="positive_int", optional=True)
+    eval_batch_size: int | None = opt("in-distribution batch size", check="positive_int", optional=True)
+    offline: bool | None = opt("read the offline layout (no network)", optional=True)
+    data_path: str | None = opt("offline datasets", optional=True)
+    model_path: str | None = opt("offline models", optional=True)
+    max_eval_samples: int | None = opt("truncate the evaluated splits (0 = all)", check="nonneg_int", optional=True)
+    batch_size: int | None = opt("accepted for the original's evaluation scripts; unused", optional=True)
+
+
+@dataclass
+class EvalConfig:
+    evaluation: EvaluationConfig
+    experiment: DataOverrides
+
+
+def parse_eval(cfg: DictConfig) -> EvalConfig:
+    """The composed evaluation config (conf/eval.yaml) -> typed, checked `EvalConfig`."""
+    data = _container(cfg)
+    ev = EvalConfig(evaluation=_build(EvaluationConfig, data.get("evaluation", {}), "evaluation"),
+                    experiment=_build(DataOverrides, data.get("experiment", {}), "experiment"))
+    validate_eval(ev)
+    return ev
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    from swag_lora.predict.methods import METHODS
+    ev, over = cfg.evaluation, cfg.experiment
+    if ev.eval_method not in METHODS:
+        _fail(f"unknown evaluation.eval_method {ev.eval_method!r}; allowed: {', '.join(METHODS)}")
+    if METHODS[ev.eval_method].members == "several":
+        if len(ev.eval_model_paths) < 2:
+            _fail(f"evaluation.eval_method={ev.eval_method} needs at least 2 runs in evaluation.eval_model_paths "
+                  f"(got {len(ev.eval_model_paths)})")
+        paths = list(ev.eval_model_paths)
+    else:
+        if not ev.eval_model_path:
+            _fail("evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
+        paths = [ev.eval_model_path]
+    for p in paths:
+        if find_run_dir(p) is None:
+            _fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
+    if over.task:
+        check_task(over, "task", "subtask")
+    if over.ood_task:
+        check_task(over, "ood_task", "ood_subtask")
+    if ev.only_ood and over.ood_task == "":
+        _fail("evaluation.only_ood=true but experiment.ood_task is empty")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    experiment: ExperimentConfig
+    method: MethodConfig
+    evaluation: EvaluationConfig
+    raw: DictConfig = field(repr=False, compare=False)   # the composed config, as written to config.yaml
+
+    @property
+    def swag(self) -> SwagConfig | None:
+        return self.method if isinstance(self.method, SwagConfig) else None
+
+
+# ---------------------------------------------------------------- conversion and checks
+def _fail(msg: str) -> typing.NoReturn:
+    raise ConfigError(msg)
+
+
+CHECKS = {
+    "positive": (lambda v: v > 0, "must be a positive number"),
+    "positive_int": (lambda v: v > 0, "must be a positive integer"),
+    "nonneg": (lambda v: v >= 0, "must be >= 0"),
+    "nonneg_int": (lambda v: v >= 0, "must be >= 0"),
+    "fraction": (lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "fraction0": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+
+
+def _convert(value: Any, typ: Any, key: str) -> Any:
+    """Coerce a composed value to the declared type (ints stay ints, '1e-4' becomes a float, ...)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(f"{key}={value!r} must be true or false")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            _fail(f"{key}={value!r} must be an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            _fail(f"{key}={value!r} must be an integer")
+        if f != int(f):
+            _fail(f"{key}={value!r} must be an integer")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            _fail(f"{key}={value!r} must be a number")
+    if typ is str:
+        return "" if value == "" else str(value)
+    if typ is list:
+        return list(value) if isinstance(value, (list, tuple)) else _fail(f"{key}={value!r} must be a list")
+    if typ is dict:
+        return dict(value) if isinstance(value, dict) else _fail(f"{key}={value!r} must be a mapping")
+    return value
+
+
+def _build(cls, data: dict, group: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        _fail(f"unknown key {group}.{unknown[0]}; allowed: {', '.join(sorted(names))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{group}.{f.name}"
+        if f.name not in data:
+            if f.metadata.get("optional"):
+                continue
+            _fail(f"missing key {key}")
+        v = _convert(data[f.name], hints[f.name], key)
+        choices, check = f.metadata.get("choices"), f.metadata.get("check")
+        if choices is not None and v not in choices:
+            _fail(f"unknown {key} {v!r}; allowed: {', '.join(map(str, choices))}")
+        if check and v is not None and not CHECKS[check][0](v):
+            _fail(f"{key}={data[f.name]!r} {CHECKS[check][1]}")
+        values[f.name] = v
+    return cls(**values)
+
+
+def _container(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # noqa: BLE001 -- an unresolvable interpolation
+        _fail(f"the configuration does not resolve: {str(e).splitlines()[0]}")
+
+
+# (group, the original's key, this project's key): config.yaml interpolates ours from the original's
+ALIASES = (("experiment", "scheduler", "lr_scheduler"), ("experiment", "val_split_size", "val_fraction"),
+           ("experiment", "eval_upon_save", "evaluate_after_training"), ("model", "target_modules", "lora_target_modules"),
+           ("model", "modules_to_save", "head_modules"))
+
+
+def sync_aliases(cfg: DictConfig) -> None:
+    """Where this project's spelling was set (it no longer interpolates the original's), copy it to the original's
+    key, so both read the same and config.yaml records one value.  (Setting both differently is refused earlier,
+    on the command line, by `cli.check_group_overrides`.)"""
+    from omegaconf import open_dict
+    for group, theirs, ours in ALIASES:
+        node = cfg.get(group)
+        if node is None or ours not in node:
+            continue
+        raw = OmegaConf.to_container(node, resolve=False).get(ours)
+        if not (isinstance(raw, str) and raw.startswith("${")):
+            with open_dict(node):
+                node[theirs] = node[ours]
+                node[ours] = f"${{{group}.{theirs}}}"
+
+
+def parse_run(cfg: DictConfig) -> RunConfig:
+    """The composed training config -> typed, checked `RunConfig` (resolves `auto` values)."""
+    sync_aliases(cfg)
+    data = _container(cfg)
+    method = data.get("method", {})
+    name = method.get("method_name")
+    if name not in METHOD_CONFIGS:
+        _fail(f"unknown method {name!r}; allowed: {', '.join(METHOD_CONFIGS)}")
+    run = RunConfig(model=_build(ModelConfig, data.get("model", {}), "model"),
+                    experiment=_build(ExperimentConfig, data.get("experiment", {}), "experiment"),
+                    method=_build(METHOD_CONFIGS[name], method, "method"),
+                    evaluation=_build(EvaluationConfig, data.get("evaluation", {}), "evaluation"), raw=cfg)
+    resolve_auto(run.experiment)
+    return run
+
+
+def resolve_auto(exp: ExperimentConfig) -> None:
+    """`experiment.ood_task=auto`: the demo task's shifted split for the demo task, no OOD task otherwise."""
+    if exp.ood_task == "auto":
+        demo = exp.task == "demo" and exp.subtask == ""
+        exp.ood_task, exp.ood_subtask = ("demo", "shifted") if demo else ("", "")
+
+
+# ---------------------------------------------------------------- checks across fields
+def go_offline() -> None:
+    """experiment.offline=true: nothing may touch the network (the libraries read these at call time)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
+
+
+def check_task(exp, task_key: str, subtask_key: str) -> None:
+    task_name, subtask = getattr(exp, task_key), getattr(exp, subtask_key) or ""
+    if task_name not in TASK_NAMES:
+        _fail(f"unknown experiment.{task_key} {task_name!r}; allowed: {', '.join(TASK_NAMES)}")
+    task = get_task(task_name)
+    try:
+        check_subtask(task, subtask, f"experiment.{subtask_key}")
+    except ValueError as e:
+        _fail(str(e))
+    if task.regression:
+        _fail(f"experiment.{task_key}={task.name!r} is a regression task (similarity scores 0-5); swag-lora's "
+              f"training and metrics are for classification; allowed: any other task")
+
+
+def check_model(m: ModelConfig) -> None:
+    import importlib.util
+    if m.quantization != "none":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            _fail(f"model.quantization={m.quantization} needs bitsandbytes: pip install -r requirements-dev.txt "
+                  f"(bitsandbytes==0.50.2; runs on the CPU and on CUDA)")
+        if m.tiny:
+            _fail(f"model.quantization={m.quantization} quantizes weights loaded from a folder or the hub; "
+                  f"model {m.name!r} is built from a config (save it with save_pretrained and set model.model_name)")
+    if m.package and importlib.util.find_spec(m.package) is None:
+        _fail(f"model {m.name!r} loads from the package {m.package!r}, which is not installed: pip install -r requirements.txt")
+
+
+def check_offline(run: RunConfig, tasks: list[tuple[str, str]]) -> None:
+    exp = run.experiment
+    if not exp.offline:
+        return
+    from swag_lora.data.loading import offline_dirs
+    from swag_lora.model import model_source
+    if not run.model.tiny and not run.model.package:
+        src = Path(model_source(run.model, True, exp.model_path))
+        if not src.is_dir():
+            _fail(f"experiment.offline=true but the model folder {src} does not exist "
+                  f"(experiment.model_path={exp.model_path!r}; write it with download_models4cluster.py)")
+    for task_name, subtask in tasks:
+        if task_name:
+            for d in offline_dirs(get_task(task_name), subtask or "", exp.data_path):
+                if not d.is_dir():
+                    _fail(f"experiment.offline=true but the data folder {d} does not exist "
+                          f"(experiment.data_path={exp.data_path!r}; write it with download_datasets4cluster.py)")
+
+
+def validate_train(run: RunConfig) -> None:
+    """Checks across fields for a training run (the per-field ones ran in `parse_run`)."""
+    exp, m = run.experiment, run.method
+    check_model(run.model)
+    check_task(exp, "task", "subtask")
+    if exp.ood_task:
+        check_task(exp, "ood_task", "ood_subtask")
+        if exp.ood_task == exp.task and exp.ood_subtask == exp.subtask:
+            _fail(f"experiment.ood_task={exp.ood_task!r} with ood_subtask={exp.ood_subtask!r} is the in-distribution task "
+                  f"itself; choose another task or subtask")
+    if exp.scheduler == "cosine_hard_restarts" and not float(exp.num_lr_cycles).is_integer():
+        _fail(f"experiment.num_lr_cycles={exp.num_lr_cycles} must be an integer for experiment.scheduler=cosine_hard_restarts")
+    if exp.batch_size % exp.gradient_accumulation_steps:
+        _fail(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step and must be a multiple of "
+              f"experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps} (loader batch = their quotient)")
+    if isinstance(m, SwagConfig):
+        if m.swag_start >= exp.num_epochs:
+            _fail(f"method.swag_start={m.swag_start} must be in [0, experiment.num_epochs={exp.num_epochs}) "
+                  f"so that at least one epoch collects")
+        if m.swag_cov_mat and m.swag_max_num_models < 2:
+            _fail(f"method.swag_max_num_models={m.swag_max_num_models} must be >= 2 with method.swag_cov_mat=true "
+                  f"(the low-rank covariance needs two deviation columns); or set swag_cov_mat=false")
+        if m.swag_start_with_lowest_loss and not m.swag_save_base_model:
+            _fail("method.swag_start_with_lowest_loss=true reloads base_model/, which method.swag_save_base_model=false "
+                  "does not keep; set one of them the other way")
+    check_offline(run, [(exp.task, exp.subtask), (exp.ood_task, exp.ood_subtask)])
+
+
+# ---------------------------------------------------------------- run directories
+# keys that never change what is trained: paths, logging, resume policy, the closing evaluation
+NOT_TRAINING = ("experiment.resume", "experiment.overwrite", "experiment.wandb_mode", "experiment.wandb_path",
+                "experiment.wandb_group", "experiment.wandb_project", "experiment.log_every_steps",
+                "experiment.checkpoint_every_steps", "experiment.data_path", "experiment.model_path", "experiment.offline",
+                "experiment.save_folder", "experiment.save_path", "experiment.exp_name", "experiment.eval_upon_save",
+                "experiment.evaluate_after_training", "experiment.ood_task", "experiment.ood_subtask",
+                "experiment.ood_batch_size", "evaluation", "hydra")
+
+
+def training_settings(cfg: DictConfig | dict) -> dict:
+    """Every setting that can change what a run trains, flattened to `group.key` -> value."""
+    data = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            key = f"{prefix}{k}"
+            if key in NOT_TRAINING:
+                continue
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+    return flat(data)
+
+
+def default_exp_name(run: RunConfig) -> str:
+    exp, m = run.experiment, run.method
+    name = f"lr{exp.learning_rate:g}_bs{exp.batch_size}_ep{exp.num_epochs}_r{exp.lora_r}"
+    if isinstance(m, SwagConfig):
+        name += (f"_swag{m.swag_start}-{m.swag_learning_rate:g}-{m.swag_anneal_strategy}-k{m.swag_max_num_models}"
+                 + (f"-c{m.swag_c_steps}st" if m.swag_c_steps else ""))
+    return name
+
+
+def task_dir_name(task: str, subtask: str) -> str:
+    """`<task>` or `<task>_<subtask>`: the folder of a task in run directories and in the offline data layout."""
+    return f"{task}_{subtask}" if subtask else task
+
+
+def run_dir(run: RunConfig) -> Path:
+    """`<save_folder>/<task>[_<subtask>]/<model>/<method>/<exp_name>_seed<seed>_<fingerprint>/` -- the same on every
+    rank.  The fingerprint hashes every training setting but the seed, so two runs that differ in any of them
+    never share a directory (and `overwrite` can only replace the same run), while seeds differ only in `seed<N>`."""
+    exp = run.experiment
+    settings = {k: v for k, v in training_settings(run.raw).items() if k != "experiment.seed"}
+    fingerprint = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = f"{exp.exp_name or default_exp_name(run)}_seed{exp.seed}_{fingerprint}"
+    return (Path(exp.save_folder) / task_dir_name(exp.task, exp.subtask) / run.model.name / run.method.method_name
+            / name)
+
+
+def find_run_dir(path: str | os.PathLike) -> Path | None:
+    """The run directory at or above `path` (the folder holding config.yaml)."""
+    p = Path(path).resolve()
+    for cand in (p, p.parent):
+        if (cand / "config.yaml").is_file():
+            return cand
+    return None
+
+
+def compose(config_name: str = "config", overrides: list[str] | None = None) -> DictConfig:
+    """Compose conf/<config_name>.yaml (inside a running Hydra app too)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+def load_run_config(run_directory: Path) -> RunConfig:
+    """A run's config.yaml -> RunConfig.  Keys added to experiment / method / evaluation since the run was trained
+    take today's defaults for its method; the model block is the run's own."""
+    saved = OmegaConf.load(Path(run_directory) / "config.yaml")
+    base = compose("config", [f"method={saved.method.method_name}"])
+    OmegaConf.set_struct(base, False)
+    base.model = {}
+    return parse_run(OmegaConf.merge(base, saved))
+
+
+# ---------------------------------------------------------------- documentation
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the dataclasses above and the composed defaults
+    (experiment and evaluation keys: the default config; method keys: method=swag; model keys: per model)."""
+    default = OmegaConf.to_container(compose("config"), resolve=False)
+    swag = OmegaConf.to_container(compose("config", ["method=swag"]), resolve=False)
+
+    def fmt(v):
+        return "`null`" if v is None else '`""`' if v == "" else f"`{json.dumps(v) if isinstance(v, (list, dict)) else v}`"
+    checks = {"positive": "> 0", "positive_int": "integer > 0", "nonneg": ">= 0", "nonneg_int": "integer >= 0",
+              "fraction": "(0, 1)", "fraction0": "[0, 1)"}
+    rows = ["| key | meaning | allowed | default |", "|---|---|---|---|"]
+    for group, cls, values in (("experiment", ExperimentConfig, default["experiment"]),
+                               ("method", SwagConfig, swag["method"]), ("model", ModelConfig, None),
+                               ("evaluation", EvaluationConfig, default["evaluation"])):
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if meta.get("help", "").startswith("this project's name of"):
+                continue
+            key = f"`{group}.{f.name}`" + (f" (= `{group}.{meta['alias']}`)" if meta.get("alias") else "")
+            allowed = ", ".join(f"`{c}`" for c in meta["choices"]) if meta.get("choices") else checks.get(meta.get("check"), "")
+            rows.append(f"| {key} | {meta['help']} | {allowed} | {'per model' if values is None else fmt(values.get(f.name))} |")
+    demo = {k: v for k, v in default["method"].items() if swag["method"].get(k) != v}
+    rows += ["", "`method=swag_demo` (the default) differs from `method=swag` in: "
+             + ", ".join(f"`{k}={v}`" for k, v in demo.items() if k != "method_name") + "."]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
+    sys.exit(0)

@@ -1,0 +1,115 @@
+"""Load a task's splits: from the hub, from `save_to_disk` folders (offline), or generated (demo)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from swag_lora.data.tasks import Splits, Task, get_task, mmlu_subjects
+
+
+def offline_dirs(task: Task, subtask: str, data_path: str | os.PathLike) -> list[Path]:
+    """The `save_to_disk` folders an offline run reads: `<data_path>/<task>[_<subtask>]` (an MMLU group
+    reads its own folder when present, else one folder per subject)."""
+    if task.name == "demo":
+        return []
+    root = Path(data_path)
+    if task.name == "mmlu" and not (root / task.dir_name(subtask)).is_dir():
+        return [root / f"mmlu_{s}" for s in mmlu_subjects(subtask)]
+    return [root / task.dir_name(subtask)]
+
+
+def _load_datasetdicts(task: Task, subtask: str, offline: bool, data_path: str | None) -> list:
+    if task.name == "demo":
+        from swag_lora.data.demo import demo_datasetdict
+        return [demo_datasetdict(shifted=subtask == "shifted")]
+    if offline:
+        from datasets import load_from_disk
+        dirs = offline_dirs(task, subtask, data_path or ".")
+        missing = [str(d) for d in dirs if not d.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"offline data folder not found: {missing[0]} (write it with download_datasets4cluster.py)")
+        return [load_from_disk(str(d)) for d in dirs]
+    from datasets import load_dataset
+    if task.name == "mmlu":
+        return [load_dataset(task.hub_id, s) for s in mmlu_subjects(subtask)]
+    return [load_dataset(task.hub_id, task.config_for(subtask))]
+
+
+def _examples(task: Task, dds: list, split: str, all_items: bool) -> list[dict]:
+    out = []
+    for dd in dds:
+        if split not in dd:
+            raise KeyError(f"task {task.name!r} has no split {split!r} (found: {', '.join(dd)})")
+        out.extend(task.to_example(row) for row in dd[split])
+    if task.original_choices and not all_items:
+        out = [e for e in out if len(e["choices"]) == task.original_choices]
+    return out
+
+
+def carved_rows(n: int, seed: int, fraction: float) -> list[int]:
+    """Indices (sorted) of the train rows carved as validation: `datasets`' `train_test_split(test_size=fraction,
+    seed=seed)` takes the first ceil(fraction * n) of `np.random.default_rng(seed).permutation(n)`."""
+    return sorted(np.random.default_rng(seed).permutation(n)[: math.ceil(fraction * n)].tolist())
+
+
+def held_out_validation(task_name: str, subtask: str, members: list[tuple[int, float]], *, offline: bool = False,
+                        data_path: str | None = None, all_items: bool = False) -> tuple[list[dict], str]:
+    """Validation rows that no member of an ensemble trained on: the official validation split where the task has
+    one; else the train rows that every member's carving (its seed, its fraction) held out.  Returns (rows, source)."""
+    task = get_task(task_name)
+    names = task.split_names(subtask or "")
+    dds = _load_datasetdicts(task, subtask or "", offline, data_path)
+    if names["validation"] is not None:
+        return _examples(task, dds, names["validation"], all_items), f"{names['validation']} (official)"
+    train = _examples(task, dds, names["train"], all_items)
+    common = set(range(len(train)))
+    for seed, fraction in members:
+        common &= set(carved_rows(len(train), seed, fraction))
+    desc = ", ".join(f"seed {s}: {f:g}" for s, f in members)
+    return [train[i] for i in sorted(common)], f"{len(common)} rows of {names['train']} held out by every member ({desc})"
+
+
+def load_splits(
+    task_name: str,
+    subtask: str = "",
+    *,
+    offline: bool = False,
+    data_path: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    roles: tuple[str, ...] = ("train", "validation", "test"),
+    all_items: bool = False,
+) -> Splits:
+    """Examples by role.  Where the task's validation is carved, `val_fraction` of train becomes validation
+    and the rest trains -- the same rows as the original's `datasets` `train_test_split(test_size=val_fraction,
+    seed=seed)` -- and the official validation split is then the test split.  Tasks whose original loader kept
+    only questions with `Task.original_choices` choices (ARC: 4) are filtered so unless `all_items`.
+    Rows without a label are never returned for a role that needs one."""
+    task = get_task(task_name)
+    subtask = subtask or ""
+    dds = _load_datasetdicts(task, subtask, offline, data_path)
+    names = task.split_names(subtask)
+    result: dict[str, list[dict]] = {r: [] for r in ("train", "validation", "test")}
+    need_train = "train" in roles or ("validation" in roles and names["validation"] is None)
+    if need_train:
+        train = _examples(task, dds, names["train"], all_items)
+        if names["validation"] is None:
+            val = carved_rows(len(train), seed, val_fraction)
+            result["validation"] = [train[i] for i in val]
+            train = [train[i] for i in sorted(set(range(len(train))) - set(val))]
+        result["train"] = train
+    if "validation" in roles and names["validation"] is not None:
+        result["validation"] = _examples(task, dds, names["validation"], all_items)
+    if "test" in roles:
+        result["test"] = _examples(task, dds, names["test"], all_items)
+    for role in roles:
+        unlabelled = sum(1 for e in result[role] if e["label"] < 0)
+        if unlabelled:
+            raise ValueError(f"{unlabelled} rows of {task.name} {role} split have no label; this split cannot be scored")
+    source = {"task": task.name, "subtask": subtask, "all_items": all_items, "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
+                                                              for r in ("train", "validation", "test")},
+              "sizes": {r: len(result[r]) for r in roles}}
+    return Splits(result["train"], result["validation"], result["test"], source)

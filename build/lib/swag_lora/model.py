@@ -1,0 +1,249 @@
+"""Build tokenizer + base model + LoRA for a task, behind one interface: batch -> choice logits (B x C).
+
+* Causal LMs (Llama, Mistral, Qwen, ...) answer multiple choice from the hidden state at the last real
+  token (padding is on the LEFT) through a trained "letter head": a C x hidden linear layer initialised
+  from the LM head's rows for the choice letters " A", " B", ...  For classification tasks the choices
+  are the label names.  The prompt is documented in README ("Prompt").
+* Encoders (BERT, RoBERTa, ...) use sequence classification (GLUE-style tasks) or multiple choice.
+
+LoRA comes from peft; the head is trained.  Nothing here knows about SWAG: it only exposes
+named parameters, and `swag_tensors` picks the ones `modules_to_swag` names.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from swag_lora.config import MODULES_TO_SWAG  # noqa: E402
+
+LETTERS = "ABCDEFGHIJ"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HEAD_FILE = "letter_head.safetensors"
+CAUSAL_HEAD_SIZE = 5   # letters A-E: every multiple-choice and classification task fits, so any task can be OOD
+META_FILE = "choice_model.json"
+
+
+# ---------------------------------------------------------------- where the weights come from
+def model_source(model_cfg, offline: bool, model_path: str | None) -> str:
+    """`<model_path>/<model_name>` offline; the installed package for `package:` models; else the hub id."""
+    if model_cfg.package:
+        import importlib
+        return str(importlib.import_module(model_cfg.package).get_model_path())
+    if offline:
+        return str(Path(model_path or ".") / model_cfg.model_name)
+    return model_cfg.model_name
+
+
+def tiny_tokenizer(family: str):
+    """A word-level tokenizer trained in-process (deterministic, ~0.02 s) for the tiny test models."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
+    corpus = [*TEMPLATES, *OPENERS, *SHIFTED_TEMPLATES, *MIX_TEMPLATES, *(w for ws in WORDS.values() for w in ws),
+              *(w for ws in HELD_OUT.values() for w in ws), "Question: Answer: Choices: Text: What is this sentence about?",
+              " ".join(LETTERS), "sports food weather technology yes no the a of to is in"]
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase() if family == "encoder" else None
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+
+
+def load_tokenizer(model_cfg, source: str):
+    from transformers import AutoTokenizer
+    if model_cfg.tiny:
+        tok = tiny_tokenizer(model_cfg.family)
+    else:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.family == "causal":
+        tok.padding_side = "left"      # the answer is read at position -1: it must be a real token
+        tok.truncation_side = "left"   # keep the end of the prompt ("Answer:")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+    return tok
+
+
+def _tiny_config(model_cfg, vocab_size: int, num_labels: int):
+    from transformers import DistilBertConfig, LlamaConfig, RobertaConfig
+    t = SimpleNamespace(**model_cfg.tiny)
+    if model_cfg.tiny.get("arch") == "distilbert":
+        return DistilBertConfig(vocab_size=vocab_size, dim=t.hidden_size, hidden_dim=t.intermediate_size,
+                                n_layers=t.num_layers, n_heads=t.num_heads, max_position_embeddings=520, pad_token_id=0,
+                                num_labels=num_labels)
+    if model_cfg.family == "causal":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                           num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_heads,
+                           max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                           tie_word_embeddings=False)
+    return RobertaConfig(vocab_size=vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, max_position_embeddings=520,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3, type_vocab_size=1, num_labels=num_labels,
+                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+
+
+def encoder_arch(task) -> str:
+    return "seq_cls" if task.format == "cls" else "multiple_choice"
+
+
+def load_base_model(model_cfg, source: str, arch: str, num_labels: int, vocab_size: int):
+    """The pretrained (or, for tiny models, seeded random) base model."""
+    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSequenceClassification
+    cls = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
+           "multiple_choice": AutoModelForMultipleChoice}[arch]
+    dtype = DTYPES[model_cfg.dtype]
+    if model_cfg.tiny:
+        torch.manual_seed(int(model_cfg.tiny["init_seed"]))
+        return cls.from_config(_tiny_config(model_cfg, vocab_size, num_labels)).to(dtype)
+    kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
+    if arch == "seq_cls":
+        kwargs["num_labels"] = num_labels
+    quant = model_cfg.quantization
+    if quant in ("4bit", "8bit"):
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    model = cls.from_pretrained(source, **kwargs)
+    if quant in ("4bit", "8bit"):
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    elif model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+# ---------------------------------------------------------------- the model
+class ChoiceModel(nn.Module):
+    """A LoRA-adapted model that maps a batch to logits over (up to) `num_choices` answers."""
+
+    def __init__(self, peft_model: nn.Module, arch: str, num_choices: int, letter_ids: list[int] | None = None):
+        super().__init__()
+        self.peft = peft_model
+        self.arch = arch    # causal (letter head), seq_cls or multiple_choice
+        self.num_choices = num_choices
+        self.letter_ids = letter_ids
+        self.head = None
+        if arch == "causal":
+            base = peft_model.get_base_model()
+            weight = base.get_output_embeddings().weight[letter_ids].detach().float().clone()
+            self.head = nn.Linear(weight.shape[1], num_choices, bias=False, device=weight.device)
+            self.head.weight.data.copy_(weight)
+
+    def forward(self, input_ids, attention_mask, choice_mask, token_type_ids=None, labels=None) -> torch.Tensor:
+        if self.arch == "causal":
+            base = self.peft.get_base_model()
+            backbone = getattr(base, base.base_model_prefix)
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
+            logits = self.head(hidden.float())
+        else:
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            logits = self.peft(**kwargs).logits.float()
+        return logits.masked_fill(~choice_mask, torch.finfo(logits.dtype).min)
+
+    # ------------------------------------------------------------ adapter files
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """LoRA and head weights: what an adapter checkpoint holds (tensor names as in named_parameters)."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def save_adapter(self, folder: str | os.PathLike, state: dict[str, torch.Tensor] | None = None) -> None:
+        """peft adapter (loadable by `PeftModel.from_pretrained`) + the letter head + a small JSON.
+        `state` gives whole values for the trainable tensors (by name; e.g. gathered shards, or a SWA mean);
+        by default the model's own."""
+        folder = Path(folder)
+        state = state if state is not None else {n: t.detach() for n, t in self.trainable_state().items()}
+        self.peft.save_pretrained(str(folder), state_dict={n[len("peft."):]: t.cpu() for n, t in state.items()
+                                                           if n.startswith("peft.")})
+        if self.head is not None:
+            save_file({"weight": state["head.weight"].detach().cpu().contiguous()}, str(folder / HEAD_FILE))
+        (folder / META_FILE).write_text(json.dumps({"kind": self.arch, "num_choices": self.num_choices,
+                                                    "letter_ids": self.letter_ids}, indent=1))
+
+    def adapter_keys(self) -> dict[str, str]:
+        """Key in adapter_model.safetensors -> trainable tensor name, by peft's own naming (the adapter name
+        dropped, modules_to_save unwrapped): `get_peft_model_state_dict` applied to an index per tensor."""
+        from peft import get_peft_model_state_dict
+        names = [n for n in self.trainable_state() if n.startswith("peft.")]
+        index = {n[len("peft."):]: torch.tensor(i) for i, n in enumerate(names)}
+        return {k: names[int(v)] for k, v in get_peft_model_state_dict(self.peft, state_dict=index).items()}
+
+    @torch.no_grad()
+    def load_adapter(self, folder: str | os.PathLike) -> None:
+        """Load an adapter saved by `save_adapter` into the trainable tensors, in place (sharded ones too)."""
+        from swag_lora.distributed import reshard, write_
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta["kind"] != self.arch or (self.arch != "multiple_choice" and meta["num_choices"] != self.num_choices):
+            raise ValueError(f"adapter in {folder} is a {meta['kind']} model with {meta['num_choices']} choices; "
+                             f"this model is {self.arch} with {self.num_choices}")
+        saved = load_file(str(folder / "adapter_model.safetensors"))
+        keys = self.adapter_keys()
+        unexpected, missing = sorted(set(saved) - set(keys)), sorted(set(keys) - set(saved))
+        if unexpected or missing:
+            raise ValueError(f"adapter in {folder} does not fit this model: "
+                             + (f"weights it lacks {unexpected[:3]}" if unexpected else f"no weights for {missing[:3]}"))
+        values = {keys[k]: v for k, v in saved.items()}
+        if self.head is not None:
+            values["head.weight"] = load_file(str(folder / HEAD_FILE))["weight"]
+        reshard(self)
+        write_(self.trainable_state(), values)
+
+
+def swag_tensors(model: nn.Module, modules_to_swag: str) -> dict[str, torch.Tensor]:
+    """The named parameters the SWAG posterior covers: LoRA only, everything trained, or all."""
+    if modules_to_swag not in MODULES_TO_SWAG:
+        raise ValueError(f"unknown modules_to_swag {modules_to_swag!r}; allowed: {', '.join(MODULES_TO_SWAG)}")
+    named = dict(model.named_parameters())
+    if modules_to_swag == "lora_only":
+        return {n: p for n, p in named.items() if "lora_" in n}
+    if modules_to_swag == "grad_only":
+        return {n: p for n, p in named.items() if p.requires_grad}
+    return named
+
+
+def letter_token_ids(tokenizer, n: int) -> list[int]:
+    """Token id of " A", " B", ... (the last piece, so "▁A" for sentencepiece and "ĠA" for BPE)."""
+    ids = [tokenizer.encode(f" {LETTERS[i]}", add_special_tokens=False)[-1] for i in range(n)]
+    if len(set(ids)) != n:
+        raise ValueError(f"the tokenizer does not give the choice letters distinct tokens: {ids}")
+    return ids
+
+
+def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel:
+    """Base model + LoRA (peft) + head for `task`."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    arch = "causal" if model_cfg.family == "causal" else encoder_arch(task)
+    base = load_base_model(model_cfg, source, arch, task.num_choices if arch == "seq_cls" else 1, len(tokenizer))
+    target = list(model_cfg.lora_target_modules)
+    common = dict(r=exp_cfg.lora_r, lora_alpha=exp_cfg.lora_alpha, lora_dropout=exp_cfg.lora_dropout,
+                  target_modules=target, bias=exp_cfg.train_biases)
+    if arch == "causal":   # the letter head is trained in any case; modules_to_save as the original (e.g. [classifier])
+        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, modules_to_save=list(model_cfg.head_modules) or None, **common)
+    elif arch == "seq_cls":
+        lora = LoraConfig(task_type=TaskType.SEQ_CLS, modules_to_save=list(model_cfg.head_modules), **common)
+    else:
+        lora = LoraConfig(modules_to_save=list(model_cfg.head_modules), **common)
+    peft_model = get_peft_model(base, lora)
+    if arch == "causal":
+        return ChoiceModel(peft_model, arch, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
+    return ChoiceModel(peft_model, arch, task.num_choices)
+
+
+def load_model(model_cfg, exp_cfg, task, offline: bool = False, model_path: str | None = None):
+    """(tokenizer, ChoiceModel) for `task`, from wherever `model_source` says the weights are."""
+    source = model_source(model_cfg, offline, model_path)
+    tokenizer = load_tokenizer(model_cfg, source)
+    return tokenizer, build_model(model_cfg, exp_cfg, task, tokenizer, source)

@@ -1,0 +1,201 @@
+"""One evaluation: `resolve_plan` reads the evaluation's own config (conf/eval.yaml) and the evaluated runs'
+config.yaml into a `Plan`; `evaluate` loads the model once, scores the in-distribution and OOD splits with the
+method's draws, averages them (the Bayesian model average; optionally temperature-scaled) and writes one JSON +
+npz + PNG per split.  Evaluation reads only run directories, so a run can be evaluated anywhere, later."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from swag_lora import metrics
+from swag_lora.config import (ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig, find_run_dir,
+                              go_offline, load_run_config)
+from swag_lora.data import get_task, load_splits
+from swag_lora.data.encode import Collator, encode
+from swag_lora.data.loading import held_out_validation
+from swag_lora.model import load_model, swag_tensors
+from swag_lora.predict.methods import Batches, Method, make_method
+from swag_lora.predict.temperature import apply_temperature, fit_temperature
+from swag_lora.report import write_evaluation
+
+
+@dataclass
+class LoadedRun:
+    """A run directory with its model built (base + LoRA + head; adapters are loaded by the method)."""
+    directory: Path
+    config: RunConfig
+    tokenizer: object
+    model: object
+    named: dict = field(default_factory=dict)   # the tensors a posterior covers
+
+
+def load_run(directory: Path, device=None, offline: bool | None = None, model_path: str | None = None) -> LoadedRun:
+    """Rebuild the run's model from its config.yaml.  `offline` / `model_path` override the run's own settings
+    (a run evaluated on another machine)."""
+    config = load_run_config(directory)
+    exp = config.experiment
+    tokenizer, model = load_model(config.model, exp, get_task(exp.task), exp.offline if offline is None else offline,
+                                  model_path or exp.model_path)
+    if device is None:   # where Accelerate would put it: honours ACCELERATE_USE_CPU, picks CUDA/MPS/XPU/NPU
+        from accelerate import PartialState
+        device = PartialState().device
+    if config.model.quantization == "none":   # bitsandbytes places quantized weights itself
+        model.to(device)
+    named = swag_tensors(model, config.swag.modules_to_swag) if config.swag else {}
+    return LoadedRun(Path(directory), config, tokenizer, model, named)
+
+
+@dataclass
+class Plan:
+    """What one evaluation does, resolved from its config and the runs' configs."""
+    method: Method
+    paths: list[Path]
+    configs: list[RunConfig]
+    targets: list[tuple[str, str, str, str]]    # (distribution, task, subtask, split)
+    batch_size: dict[str, int]                  # per distribution
+    offline: bool
+    data_path: str
+    model_path: str | None
+    max_eval_samples: int
+    temperature_scaling: bool
+    output_dir: Path
+    ece_bins: int
+
+
+def resolve_plan(cfg: EvalConfig) -> Plan:
+    """The evaluation's settings where given, the (first) run's otherwise."""
+    ev, over = cfg.evaluation, cfg.experiment
+    many = make_method(ev).members == "several"
+    paths = [find_run_dir(p) for p in (ev.eval_model_paths if many else [ev.eval_model_path])]
+    configs = [load_run_config(p) for p in paths]
+    exp = configs[0].experiment
+    if ev.swag_sample_scale is None:       # the run's method.swag_sample_scale (member 0's for MultiSWAG)
+        ev = replace(ev, swag_sample_scale=configs[0].swag.swag_sample_scale if configs[0].swag else 0.5)
+    method = make_method(ev)
+    method.check(configs, paths)
+    task, subtask = (over.task, over.subtask or "") if over.task is not None else (exp.task, exp.subtask)
+    ood, ood_sub = (over.ood_task, over.ood_subtask or "") if over.ood_task is not None else (exp.ood_task, exp.ood_subtask)
+    targets = ([] if ev.only_ood else [("id", task, subtask, ev.split)]) + ([("ood", ood, ood_sub, "test")] if ood else [])
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return Plan(method=method, paths=paths, configs=configs, targets=targets,
+                batch_size={"id": pick(over.eval_batch_size, exp.eval_batch_size), "ood": pick(over.ood_batch_size, exp.ood_batch_size)},
+                offline=pick(over.offline, exp.offline), data_path=pick(over.data_path, exp.data_path),
+                model_path=over.model_path, max_eval_samples=pick(over.max_eval_samples, exp.max_eval_samples),
+                temperature_scaling=ev.temperature_scaling or ev.eval_method == "temperature",
+                output_dir=Path(ev.output_dir) if ev.output_dir else paths[0] / "eval", ece_bins=ev.ece_bins)
+
+
+def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool = True) -> list[dict]:
+    """Score every target split; under `accelerate launch` (and `distributed`) each process scores a share."""
+    if plan.offline:
+        go_offline()
+    accelerator = None
+    if distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+        accelerator = Accelerator()
+    if runs is None:        # one model, every member's adapter loaded into it in turn
+        first = load_run(plan.paths[0], device=accelerator.device if accelerator else None, offline=plan.offline,
+                         model_path=plan.model_path)
+        runs = [first] + [replace(first, directory=p, config=c) for p, c in zip(plan.paths[1:], plan.configs[1:])]
+    method = plan.method
+
+    def bma_draws(task: str, subtask: str, split: str, dist: str, rows=None, source=""):
+        data, info = batches(plan, runs[0], task, subtask, split, dist, accelerator, rows, source)
+        draws = np.concatenate([method.draws(run, i, data) for i, run in enumerate(runs)])
+        return draws[..., : info["num_choices"]], np.array([f["label"] for f in data.features]), info
+
+    temperature, temperature_source = None, None
+    if plan.temperature_scaling:
+        rows, source = validation_rows(plan, runs)
+        vdraws, vlabels, vinfo = bma_draws(plan.targets[0][1] if plan.targets else runs[0].config.experiment.task,
+                                           plan.targets[0][2] if plan.targets else "", "validation", "id", rows, source)
+        temperature, temperature_source = fit_temperature(vdraws, vlabels), vinfo["split_source"]
+
+    results, id_draws = [], None
+    for dist, task, subtask, split in plan.targets:
+        draws, labels, info = bma_draws(task, subtask, split, dist)
+        if temperature is not None:
+            draws = apply_temperature(draws, temperature)
+        scores = metrics.classification_metrics(draws, labels, with_mcc=get_task(task).report_mcc)
+        if plan.ece_bins != metrics.DEFAULT_ECE_BINS:
+            scores[f"ece_{plan.ece_bins}"] = metrics.expected_calibration_error(draws.mean(0), labels, plan.ece_bins)
+        if dist == "id":
+            id_draws = draws
+        elif id_draws is not None:
+            scores.update(metrics.ood_detection_metrics(id_draws, draws))
+        record = {
+            "method": method.key, "label": method.label() + ("+ts" if temperature is not None and method.key != "temperature" else ""),
+            "settings": {**method.settings(), "temperature": temperature, "temperature_scaling": temperature is not None,
+                         "temperature_source": temperature_source, "seed": method.ev.seed, "num_members": len(runs),
+                         "num_draws": int(draws.shape[0]), "num_processes": accelerator.num_processes if accelerator else 1},
+            "distribution": dist, **{k: v for k, v in info.items() if k != "num_choices"}, "num_classes": int(draws.shape[2]),
+            "model": runs[0].config.model.name, "train_task": runs[0].config.experiment.task,
+            "train_subtask": runs[0].config.experiment.subtask, "run_dirs": [str(r.directory) for r in runs],
+            "checkpoints": [str(r.directory / method.checkpoint) for r in runs],
+            "train_seeds": [r.config.experiment.seed for r in runs], "metrics": scores,
+        }
+        if accelerator is None or accelerator.is_main_process:
+            write_evaluation(record, draws.mean(0), labels, plan.output_dir, ece_bins=plan.ece_bins)
+        results.append(record)
+    return results
+
+
+def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str, dist: str, accelerator=None,
+            rows: list[dict] | None = None, source: str = "") -> tuple[Batches, dict]:
+    """The rows of one split (or given `rows`), encoded as the run was trained, checked against what it can score."""
+    task, train_task, arch = get_task(task_name), get_task(run.config.experiment.task), run.model.arch
+    if arch == "seq_cls" and (task.format != "cls" or task.num_choices != train_task.num_choices):
+        raise ConfigError(f"task {task_name!r} ({task.num_choices} labels) cannot be scored by a classifier trained on "
+                          f"{train_task.name!r} ({train_task.num_choices} labels)")
+    if arch == "multiple_choice" and task.format != "mc":
+        raise ConfigError(f"task {task_name!r} is classification; the model was trained for multiple choice on {train_task.name!r}")
+    exp = run.config.experiment
+    if rows is None:
+        splits = load_splits(task_name, subtask, offline=plan.offline, data_path=plan.data_path, seed=exp.seed,
+                             val_fraction=exp.val_fraction, roles=(split,), all_items=exp.arc_all_items)
+        rows, source = splits[split], splits.source["splits"][split]
+    rows = rows[: plan.max_eval_samples or None]
+    feats = encode(rows, run.tokenizer, arch, task, run.config.model.max_length, exp.prompt_style)
+    width = run.model.num_choices if arch != "multiple_choice" else max(task.num_choices, 1)
+    collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
+    info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
+            "split_source": source, "num_examples": len(feats)}
+    return Batches(feats, collator, plan.batch_size[dist], accelerator), info
+
+
+def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | None, str]:
+    """Rows to fit a temperature on: the run's own validation split (None: load it), or, for several members, rows
+    that no member trained on (the official validation split, or the rows every member's carving held out)."""
+    if len(runs) == 1:
+        return None, ""
+    exp = runs[0].config.experiment
+    task, subtask = (plan.targets[0][1], plan.targets[0][2]) if plan.targets else (exp.task, exp.subtask)
+    rows, source = held_out_validation(task, subtask, [(r.config.experiment.seed, r.config.experiment.val_fraction)
+                                                       for r in runs],
+                                       offline=plan.offline, data_path=plan.data_path, all_items=exp.arc_all_items)
+    if not rows:
+        raise ConfigError(f"temperature scaling of a {plan.method.key}: no validation row of {task} is held out by every "
+                          f"member ({source}); evaluate without temperature scaling")
+    return rows, source
+
+
+def default_table(run: RunConfig, directory: Path) -> list[dict]:
+    """After training: MAP, MC dropout, and (SWA, SWAG) on the ID test split and the OOD split, one model load, with
+    the run's evaluation settings."""
+    loaded = load_run(directory)
+    methods = [("base", {}), ("dropout", {})]
+    if (directory / "swag_model").is_dir():
+        methods += [("swag", {"swag_sample_scale": 0.0, "num_samples": 1}), ("swag", {})]
+    results = []
+    for key, over in methods:
+        ev = replace(run.evaluation, eval_method=key, eval_model_path=str(directory), **over)
+        plan = resolve_plan(EvalConfig(evaluation=ev, experiment=DataOverrides(task=run.experiment.task,
+                                                                               subtask=run.experiment.subtask)))
+        results += evaluate(plan, runs=[loaded], distributed=False)   # rank 0 alone: the others have finished
+    return results
+
+
+__all__ = ["EvalConfig", "EvaluationConfig", "LoadedRun", "Plan", "default_table", "evaluate", "load_run", "resolve_plan"]

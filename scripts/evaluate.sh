@@ -1,0 +1,29 @@
+# The body of every evaluate/*.bash (sourced after the script sets METHOD, RUNS=one|several and its variables):
+# finds the repository, turns the variables into Hydra overrides and runs `python -m swag_lora.evaluate`.
+# Empty task variables are left out, so the evaluated run's own task and OOD task are used.
+# shellcheck disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
+SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
+ONLY_OOD="${ONLY_OOD:-false}"
+SEED="${SEED:-10}"
+TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
+DATA_PATH="${DATA_PATH:-}"
+EVAL_ARGS=(evaluation.eval_method="$METHOD" evaluation.num_samples="$NUM_SAMPLES"
+           evaluation.swag_sample_scale="$SWAG_SAMPLE_SCALE" evaluation.swag_cov_mat="$SWAG_COV_MAT"
+           evaluation.only_ood="$ONLY_OOD" evaluation.seed="$SEED" evaluation.temperature_scaling="$TEMPERATURE_SCALING"
+           experiment.offline="$OFFLINE")
+[[ -n "$TASK" ]] && EVAL_ARGS+=(experiment.task="$TASK" experiment.subtask="$SUBTASK")
+[[ -n "$OOD_TASK" ]] && EVAL_ARGS+=(experiment.ood_task="$OOD_TASK" experiment.ood_subtask="$OOD_SUBTASK")
+[[ -n "$OOD_BATCH_SIZE" ]] && EVAL_ARGS+=(experiment.ood_batch_size="$OOD_BATCH_SIZE")
+[[ -n "$DATA_PATH" ]] && EVAL_ARGS+=(experiment.data_path="$DATA_PATH")
+if [[ "$RUNS" == several ]]; then
+  [[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
+  read -r -a MEMBERS <<< "$PATHS"
+  LIST=$(printf '"%s",' "${MEMBERS[@]}")
+  EVAL_ARGS+=("evaluation.eval_model_paths=[${LIST%,}]")
+else
+  [[ -n "$MODEL_PATH" ]] || { echo "error: set MODEL_PATH to a run directory" >&2; exit 2; }
+  EVAL_ARGS+=(evaluation.eval_model_path="$MODEL_PATH")
+fi
+"$PYTHON" -m swag_lora.evaluate "${EVAL_ARGS[@]}" "$@"

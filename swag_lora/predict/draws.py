@@ -1,0 +1,137 @@
+"""Weight draws -> probabilities.  One draw is a weight setting of the model: the MAP weights, a dropout
+pass, a SWAG sample, an ensemble member.  Each draw costs one forward pass over the split; features are
+tokenised once and batches are length-sorted.  SWAG samples are written into the model's tensors in
+place (only the SWAG'd tensors are saved and restored -- no model copies).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from swag_lora.data.encode import eval_batches
+from swag_lora.distributed import reshard
+from swag_lora.posteriors.swag import SwagPosterior
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def prepare_batches(feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True,
+                    device=None) -> list[tuple[np.ndarray, dict]]:
+    """Collate this process's share of the (length-sorted) batches once, on the device: every weight draw
+    reuses them, so S draws cost S forward passes and nothing more.
+
+    Every process gets the same number of batches: a share that is short (5 rows, 2 processes, batch 64) is
+    padded with a copy of the first batch whose rows are dropped (an empty index).  Under DDP and FSDP a forward
+    pass can be a collective, so a process without a batch would otherwise leave the others waiting forever."""
+    batches = eval_batches([f["length"] for f in feats], batch_size, sort_by_length)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    share = [(np.asarray(b), b) for b in batches[rank::world]]
+    share += [(np.asarray([], dtype=int), batches[0])] * (-(-len(batches) // world) - len(share))
+    out = []
+    for index, b in share:
+        batch = collator([feats[i] for i in b])
+        batch.pop("labels")
+        out.append((index, _to_device(batch, device)))
+    return out
+
+
+@torch.inference_mode()
+def predict_prepared(model, prepared: list[tuple[np.ndarray, dict]], n: int, num_choices: int, accelerator=None) -> np.ndarray:
+    """N x C probabilities from prepared batches; every row scored exactly once (gathered across processes)."""
+    idx_out = [i for i, _ in prepared]
+    prob_out = [torch.softmax(model(**batch).float(), dim=-1).cpu().numpy().astype(np.float64) for _, batch in prepared]
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+        gathered = gather_object([(idx_out, prob_out)])
+        idx_out = [i for part in gathered for i in part[0]]
+        prob_out = [p for part in gathered for p in part[1]]
+    probs = np.zeros((n, num_choices))
+    seen = np.zeros(n, dtype=int)
+    for i, p in zip(idx_out, prob_out):
+        if len(i):                      # an empty index: a padding batch (see prepare_batches)
+            probs[i] = p
+            seen[i] += 1
+    assert (seen == 1).all(), "every row must be scored exactly once"
+    return probs
+
+
+def predict_probs(model, feats: list[dict], collator, batch_size: int, accelerator=None, sort_by_length: bool = True) -> np.ndarray:
+    """N x C probabilities in the order of `feats` (one weight draw)."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
+    return predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)
+
+
+@contextlib.contextmanager
+def dropout_on(model) -> Iterator[None]:
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def swapped(named: dict[str, torch.Tensor], model=None) -> Iterator[None]:
+    """Keep a copy of the (small) SWAG'd tensors and put them back afterwards (resharding `model` first)."""
+    saved = {n: t.detach().clone() for n, t in named.items()}
+    try:
+        yield
+    finally:
+        if model is not None:
+            reshard(model)
+        SwagPosterior.write_(named, saved)
+
+
+def draw_probs(
+    model,
+    feats: list[dict],
+    collator,
+    batch_size: int,
+    method: str,
+    *,
+    posterior: SwagPosterior | None = None,
+    named: dict[str, torch.Tensor] | None = None,
+    num_samples: int = 1,
+    scale: float = 0.5,
+    cov: bool = True,
+    k: int | None = None,
+    seed: int = 0,
+    accelerator=None,
+    sort_by_length: bool = True,
+) -> np.ndarray:
+    """S x N x C probabilities of one model under `method`:
+    base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA;
+    `k` as in `SwagPosterior.sample`)."""
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
+    run = lambda: predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)  # noqa: E731
+    model.eval()
+    if method == "base":
+        return run()[None]
+    if method == "dropout":
+        out = []
+        with dropout_on(model):
+            for s in range(num_samples):
+                torch.manual_seed(seed + s)
+                out.append(run())
+        return np.stack(out)
+    if method == "swag":
+        if posterior is None or named is None:
+            raise ValueError("swag draws need the posterior and the model's SWAG'd tensors")
+        device = posterior._mean.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        out = []
+        with swapped(named, model):
+            for _ in range(1 if scale == 0 else num_samples):
+                reshard(model)      # FSDP2: compute with the written shards, not a stale gathered copy
+                posterior.sample_(named, scale, cov=cov, generator=gen, k=k)
+                out.append(run())
+        return np.stack(out)
+    raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag")

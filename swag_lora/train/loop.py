@@ -1,0 +1,315 @@
+"""The training loop, read top to bottom: `train` is the paper's algorithm in one screen (epochs, steps,
+validation, checkpoint); the pieces it builds are below it, and in records.py, checkpoint.py and collector.py."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from swag_lora import metrics
+from swag_lora.config import ConfigError, RunConfig, SwagConfig, go_offline, run_dir
+from swag_lora.data import get_task, load_splits
+from swag_lora.data.encode import Collator, encode
+from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
+from swag_lora.io import atomic_dir
+from swag_lora.model import load_model, swag_tensors
+from swag_lora.posteriors.swag import SwagPosterior
+from swag_lora.predict import draw_probs
+from swag_lora.train.checkpoint import Checkpointer
+from swag_lora.train.collector import BestAdapter, SwagCollector
+from swag_lora.train.records import EpochLog, open_run_dir, write_run_info
+from swag_lora.train.schedule import LRSchedule
+from swag_lora.train.signals import REQUEUE_EXIT_CODE, Stop
+
+
+def train(run: RunConfig) -> Path:
+    """Train one run (SWAG or MAP); return its run directory."""
+    exp, swag = run.experiment, run.swag
+    accelerator = make_accelerator(run)
+    directory = run_dir(run)
+    with open_dict(run.raw):
+        run.raw.experiment.save_path = str(directory)     # config.yaml records where the run lives
+    resuming = open_run_dir(run, directory, accelerator)
+    data = TrainingData(run, accelerator)
+    model, optimizer, loader = accelerator.prepare(data.model, data.optimizer, data.loader)
+    inner = accelerator.unwrap_model(model)
+    batches_per_epoch, steps_per_epoch = len(loader), math.ceil(len(loader) / exp.gradient_accumulation_steps)
+    schedule = lr_schedule(run, batches_per_epoch)
+    epochs = last_epoch(run)
+    best = BestAdapter(directory / "base_model", keep=swag is None or swag.swag_save_base_model)
+    collector = make_collector(run, model, inner, accelerator, steps_per_epoch, epochs)
+    checkpoints = Checkpointer(directory / "checkpoint", accelerator, inner, optimizer)
+    log = EpochLog(run, directory, accelerator)
+    progress = Progress()
+    if resuming:
+        progress = resume(checkpoints, best, collector, log, accelerator)
+
+    with Stop.deferred():
+        for epoch in range(progress.epoch, epochs):
+            t0 = time.time()
+            if collector and progress.batches_done == 0:
+                collector.on_epoch_start(epoch, reload=lambda: best.load_into(inner, accelerator))
+            row = train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log,
+                              save=lambda: checkpoints.save(progress, best, collector))
+            if collector:
+                t = time.time()
+                collector.on_epoch_end(epoch)
+                row["collect_seconds"] = round(row["collect_seconds"] + time.time() - t, 4)
+            row.update(validate(run, model, data, collector, accelerator))
+            best.update(row["val_loss"], epoch, lambda folder: save_adapter(inner, folder, accelerator))
+            if collector and collector.should_save(epoch, row.get("swa_val_loss")):
+                save_swag_model(inner, collector.posterior, directory / "swag_model", run, accelerator)
+            row["epoch_seconds"] = round(time.time() - t0, 2)
+            log.write(row, step=progress.global_step)
+            accelerator.print("[swag-lora] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                         for k, v in row.items()))
+            progress.epoch_done(epoch)
+            checkpoints.save(progress, best, collector)
+            if epoch + 1 < epochs and Stop.agreed(accelerator):
+                accelerator.print(f"[swag-lora] pre-emption signal: checkpoint written after epoch {epoch + 1}; exiting")
+                raise SystemExit(REQUEUE_EXIT_CODE)
+
+    if accelerator.is_main_process:
+        post = collector.posterior if collector else None
+        write_run_info(directory, {
+            "epochs_trained": epochs, "global_step": progress.global_step, "base_model_epoch": best.epoch,
+            "base_model_val_loss": best.state()["loss"],
+            "reloaded_from_epoch": collector.reloaded_from_epoch if collector else None,
+            "swag_saved_epoch": collector.saved_epoch if collector else None,
+            "num_snapshots": post.num_snapshots if post else 0, "num_processes": accelerator.num_processes,
+            "data": data.source})
+    accelerator.wait_for_everyone()
+    log.finish()
+    accelerator.print(f"[swag-lora] finished: {directory}")
+    return directory
+
+
+def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log, save) -> dict:
+    """One epoch of steps: the learning rate of each loader batch, forward, backward, an optimizer step at the end of
+    each accumulation window; per-step collection, step checkpoints (`save()`) and pre-emption between steps.
+    Advances `progress` (global step; inside the epoch, the batches done and the running loss)."""
+    exp = run.experiment
+    skip, t0, collect_seconds = progress.batches_done, time.time(), 0.0
+    loader.set_epoch(epoch)            # the sampler's permutation for this epoch, also after a resume
+    batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+    if skip:
+        batches.set_epoch(epoch)
+    loss_sum = torch.full((), progress.loss_sum, device=accelerator.device)
+    loss_count, lr = progress.loss_count, schedule(epoch * len(loader) + skip)
+    model.train()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{last_epoch(run)}", leave=False, mininterval=1.0, initial=skip,
+               total=len(loader), disable=not accelerator.is_local_main_process)
+    for i, batch in enumerate(bar, start=skip):
+        lr = schedule(epoch * len(loader) + i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with accelerator.accumulate(model):
+            labels = batch.pop("labels")
+            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and exp.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), exp.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        loss_count += 1
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+        if not accelerator.sync_gradients:
+            continue
+        progress.global_step += 1
+        if collector:
+            t = time.time()
+            collector.on_optimizer_step(progress.global_step)
+            collect_seconds += time.time() - t
+        if exp.log_every_steps and progress.global_step % exp.log_every_steps == 0:
+            log.step(float(accelerator.reduce(loss.detach(), "mean")), lr, progress.global_step)   # a collective
+        signalled = Stop.agreed(accelerator)
+        if signalled or exp.checkpoint_every_steps and progress.global_step % exp.checkpoint_every_steps == 0:
+            progress.inside(epoch, i + 1, float(accelerator.reduce(loss_sum, "mean")), loss_count)
+            save()
+        if signalled:
+            accelerator.print(f"[swag-lora] pre-emption signal: checkpoint written at epoch {epoch + 1}, batch {i + 1}; exiting")
+            raise SystemExit(REQUEUE_EXIT_CODE)
+    return {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
+            "train_loss": float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean")),   # mean over processes
+            "train_seconds": round(time.time() - t0, 3), "collect_seconds": round(collect_seconds, 4)}
+
+
+# ---------------------------------------------------------------- what the loop builds
+@dataclass
+class Progress:
+    """Where the run is: epochs done, batches done inside the current epoch (a mid-epoch checkpoint), optimizer
+    steps, and the current epoch's running train loss (so a resumed epoch logs the same mean)."""
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+    def inside(self, epoch: int, batches_done: int, loss_sum: float, loss_count: int) -> None:
+        self.epoch, self.batches_done, self.loss_sum, self.loss_count = epoch, batches_done, loss_sum, loss_count
+
+    def epoch_done(self, epoch: int) -> None:
+        self.epoch, self.batches_done, self.loss_sum, self.loss_count = epoch + 1, 0, 0.0, 0
+
+
+def resume(checkpoints: Checkpointer, best: BestAdapter, collector, log: EpochLog, accelerator) -> Progress:
+    """Load the newest usable checkpoint into the model, optimizer, MAP and SWAG state; return where it was."""
+    state, posterior = checkpoints.resume(collector.device if collector else "cpu")
+    progress = Progress(**{k: state[k] for k in ("epoch", "batches_done", "global_step", "loss_sum", "loss_count")})
+    best.load_state(state["best"])
+    if collector:
+        collector.load_state(state["swag"], posterior)
+    log.truncate(progress.epoch)
+    accelerator.print(f"[swag-lora] resumed from checkpoint: epoch {progress.epoch + 1}, batch {progress.batches_done}, "
+                      f"step {progress.global_step}")
+    return progress
+
+
+def make_accelerator(run: RunConfig) -> Accelerator:
+    exp = run.experiment
+    if exp.offline:
+        go_offline()
+    accelerator = Accelerator(gradient_accumulation_steps=exp.gradient_accumulation_steps,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True),
+                              mixed_precision=exp.mixed_precision or None)
+    refuse_untested_backends(accelerator)
+    loader_batch = exp.batch_size // exp.gradient_accumulation_steps
+    if loader_batch % accelerator.num_processes:
+        raise ConfigError(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step: it must be a multiple "
+                          f"of experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps} x "
+                          f"{accelerator.num_processes} process(es)")
+    return accelerator
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of the training rows fixed by (seed, epoch): the data order a resumed run repeats."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TrainingData:
+    """Tokenizer, model, encoded train/validation features, the loader and the optimizer of a run."""
+
+    def __init__(self, run: RunConfig, accelerator):
+        exp = run.experiment
+        set_seed(exp.seed)
+        self.task = get_task(exp.task)
+        self.tokenizer, self.model = load_model(run.model, exp, self.task, exp.offline, exp.model_path)
+        splits = load_splits(exp.task, exp.subtask, offline=exp.offline, data_path=exp.data_path, seed=exp.seed,
+                             val_fraction=exp.val_fraction, all_items=exp.arc_all_items, roles=("train", "validation"))
+        self.source = splits.source
+        cap = {"train": exp.max_train_samples, "validation": exp.max_eval_samples}
+        self.features = {role: encode(splits[role][: cap[role] or None], self.tokenizer, self.model.arch, self.task,
+                                      run.model.max_length, exp.prompt_style) for role in cap}
+        self.labels = {role: np.array([f["label"] for f in feats]) for role, feats in self.features.items()}
+        self.collator = Collator(self.tokenizer.pad_token_id, self.model.arch, self.model.num_choices,
+                                 self.tokenizer.padding_side)
+        self.loader = torch.utils.data.DataLoader(
+            self.features["train"], batch_size=exp.batch_size // exp.gradient_accumulation_steps,
+            sampler=EpochSampler(len(self.features["train"]), exp.seed), collate_fn=self.collator,
+            generator=torch.Generator())
+        if accelerator.num_processes > 1:   # the same initial weights everywhere, then a dropout stream per process
+            set_seed(exp.seed, device_specific=True)
+        trainable = self.model.trainable_state()
+        self.optimizer = torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
+        accelerator.print(
+            f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(self.features['train'])} train / "
+            f"{len(self.features['validation'])} validation rows; {run.model.name} ({self.model.arch}), "
+            f"{sum(p.numel() for p in trainable.values()):,} trainable parameters; {accelerator.num_processes} process(es)")
+
+
+def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
+    """The original's schedule over loader batches: warm-up schedule, then SWALR from swag_start."""
+    exp, swag = run.experiment, run.swag
+    total = batches_per_epoch * exp.num_epochs
+    return LRSchedule(
+        base_lr=exp.learning_rate, total_steps=total, warmup_steps=exp.warmup_length * total, scheduler=exp.scheduler,
+        num_cycles=exp.num_lr_cycles, cycle_steps=batches_per_epoch,
+        swag_start_step=swag.swag_start * batches_per_epoch if swag else None,
+        swag_lr=swag.swag_learning_rate if swag else None,
+        anneal_steps=swag.swag_anneal_epochs * batches_per_epoch if swag else 0,
+        anneal_strategy=swag.swag_anneal_strategy if swag else "linear")
+
+
+def last_epoch(run: RunConfig) -> int:
+    swag = run.swag
+    if swag and swag.stop_at_force_save and swag.force_save >= 0:
+        return min(run.experiment.num_epochs, swag.swag_start + swag.force_save + 1)
+    return run.experiment.num_epochs
+
+
+def make_collector(run: RunConfig, model, inner, accelerator, steps_per_epoch: int, epochs: int) -> SwagCollector | None:
+    """The method's posterior collector: SWAG has one, MAP none."""
+    swag = run.swag
+    if not isinstance(swag, SwagConfig):
+        return None
+    swag_steps = (epochs - swag.swag_start) * steps_per_epoch
+    if swag.swag_c_steps > swag_steps:
+        raise ConfigError(f"method.swag_c_steps={swag.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
+                          f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
+    named = swag_tensors(inner, swag.modules_to_swag)
+    return SwagCollector(lambda: gathered_params(accelerator, model, named), swag_start=swag.swag_start,
+                         max_rank=swag.swag_max_num_models, c_epochs=swag.swag_c_epochs, c_steps=swag.swag_c_steps,
+                         steps_per_epoch=steps_per_epoch, force_save=swag.force_save,
+                         reload_best=swag.swag_start_with_lowest_loss, keep_deviations=swag.swag_cov_mat,
+                         device="cpu" if swag.swag_device == "cpu" else accelerator.device, named=named)
+
+
+def validate(run: RunConfig, model, data: TrainingData, collector, accelerator) -> dict:
+    """Validation loss (mean cross-entropy) of the current weights and, after an epoch that collected, of SWA."""
+    batch, feats, labels = run.experiment.eval_batch_size, data.features["validation"], data.labels["validation"]
+    probs = draw_probs(model, feats, data.collator, batch, "base", accelerator=accelerator)[0]
+    loss = metrics.nll(probs, labels)
+    row = {"val_loss": loss, "val_accuracy": metrics.accuracy(probs, labels), "val_nll": loss,
+           "val_ece": metrics.expected_calibration_error(probs, labels)}
+    if collector and collector.collected_this_epoch:
+        t = time.time()
+        swa = draw_probs(model, feats, data.collator, batch, "swag", posterior=collector.posterior, named=collector.named,
+                         scale=0.0, accelerator=accelerator)[0]
+        swa_loss = metrics.nll(swa, labels)
+        row.update({"swa_val_loss": swa_loss, "swa_val_accuracy": metrics.accuracy(swa, labels), "swa_val_nll": swa_loss,
+                    "swa_val_ece": metrics.expected_calibration_error(swa, labels),
+                    "swa_val_seconds": round(time.time() - t, 3)})
+    if collector and collector.posterior is not None:
+        row["num_snapshots"] = collector.posterior.num_snapshots
+    return row
+
+
+def save_adapter(inner, folder: Path, accelerator) -> None:
+    """The current adapter (every process gathers its shards; the main process writes)."""
+    state = full_tensors(inner.trainable_state())
+    if accelerator.is_main_process:
+        with atomic_dir(folder) as tmp:
+            inner.save_adapter(tmp, state)
+
+
+def save_swag_model(inner, posterior: SwagPosterior, folder: Path, run: RunConfig, accelerator) -> None:
+    """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
+    state = {**full_tensors(inner.trainable_state()), **posterior.mean()}
+    if accelerator.is_main_process:
+        with atomic_dir(folder) as tmp:
+            inner.save_adapter(tmp, state)
+            posterior.save(tmp)
+            (tmp / "swag_config.json").write_text(json.dumps(OmegaConf.to_container(run.raw.method, resolve=True), indent=1))

@@ -1,0 +1,34 @@
+"""Test-only fault injection, imported by Python at start-up when this folder is on PYTHONPATH (the pre-emption
+tests put it there); nothing of it is in swag_lora.
+
+    SWAG_LORA_TEST_KILL_AFTER_EPOCH=N   SIGKILL right after the checkpoint that ends epoch N
+    SWAG_LORA_TEST_SIGNAL_AT_STEP=N     SIGUSR1 at optimizer step N (the run checkpoints and exits 99)
+"""
+import os
+import signal
+
+KILL_AFTER = os.environ.get("SWAG_LORA_TEST_KILL_AFTER_EPOCH")
+SIGNAL_AT = os.environ.get("SWAG_LORA_TEST_SIGNAL_AT_STEP")
+
+if KILL_AFTER:
+    from swag_lora.train.checkpoint import Checkpointer
+    _save = Checkpointer.save
+
+    def save(self, progress, best, collector):
+        _save(self, progress, best, collector)
+        if progress.batches_done == 0 and progress.epoch == int(KILL_AFTER):
+            os.kill(os.getpid(), signal.SIGKILL)
+    Checkpointer.save = save
+
+if SIGNAL_AT:
+    import torch
+    _step = torch.optim.AdamW.step
+    calls = [0]
+
+    def step(self, *args, **kwargs):
+        out = _step(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == int(SIGNAL_AT):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+    torch.optim.AdamW.step = step

@@ -1,0 +1,32 @@
+"""`pip install .` gives an importable swag_lora with its configs (installed apart from the checkout)."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_pip_install_gives_an_importable_package_with_its_configs(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"),
+                            str(REPO)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next((tmp_path / "wheel").glob("swag_lora-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("swag_lora/conf/config.yaml", "swag_lora/conf/eval.yaml", "swag_lora/conf/method/swag.yaml",
+              "swag_lora/conf/model/llama_7b_hf.yaml", "swag_lora/conf/evaluation/default.yaml",
+              "swag_lora/posteriors/swag.py", "swag_lora/train/callback.py"):
+        assert f in names, f
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-2000:]
+    code = ("import swag_lora, pathlib; from swag_lora import SwagPosterior, SwagCallback; "
+            "from swag_lora.config import compose, parse_run; run = parse_run(compose('config', ['method=swag'])); "
+            "print(pathlib.Path(swag_lora.__file__).parent, run.method.swag_start, SwagCallback.__name__)")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    where, swag_start, name = p.stdout.split()
+    assert where.startswith(str(tmp_path / "site")) and swag_start == "8" and name == "SwagCallback"
