@@ -52,3 +52,11 @@ def subprocess_env(**extra) -> dict:
 
 TINY = ("experiment.wandb_mode=disabled", "experiment.max_train_samples=48", "experiment.max_eval_samples=32",
         "experiment.batch_size=8", "experiment.eval_batch_size=16")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts with no Accelerate state (a Trainer or an earlier run would fix e.g. mixed precision)."""
+    yield
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from swag_lora.model import LETTERS
+from swag_lora.model import CAUSAL_HEAD_SIZE, LETTERS
 
 
 PERIOD_TASKS = ("obqa", "mmlu")   # the original appended a period to these tasks' choices
@@ -72,6 +72,17 @@ def encode(examples: list[dict], tokenizer, arch: str, task, max_length: int, pr
                  length=max(len(x) for x in ids) if arch == "multiple_choice" else len(ids))
         feats.append(f)
     return feats
+
+
+def labels_of(features: list[dict]) -> np.ndarray:
+    """The labels of encoded features, in order."""
+    return np.array([f["label"] for f in features], dtype=np.int64)
+
+
+def choice_width(arch: str, task) -> int:
+    """Columns of a model's output: a causal LM's letter head has 5 (A-E, for any task), a classifier the task's
+    labels, a multiple-choice encoder one per choice."""
+    return CAUSAL_HEAD_SIZE if arch == "causal" else max(task.num_choices, 1)
 
 
 def _pad(seqs: list[list[int]], length: int, value: int, left: bool) -> list[list[int]]:

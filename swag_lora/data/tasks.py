@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from swag_lora.data.demo import DEMO_LABELS
+
 Example = dict
 
 # ---------------------------------------------------------------- MMLU subjects and groups
@@ -149,7 +151,6 @@ TASKS: dict[str, Task] = {t.name: t for t in [
 
 
 def _demo_task() -> Task:
-    from swag_lora.data.demo import DEMO_LABELS
     return Task("demo", "swag-lora/demo (generated)", "cls", _pair("sentence", None, DEMO_LABELS), OFFICIAL,
                 len(DEMO_LABELS), subtasks=("shifted",), prompt="What is this sentence about?")
 

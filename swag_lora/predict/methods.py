@@ -39,15 +39,15 @@ class Method:
     members: ClassVar[str] = "one"             # one run, or "several" (ensemble-like)
     sampled: ClassVar[bool] = False            # evaluation.num_samples draws per member
 
-    def __init__(self, ev: EvaluationConfig):
-        self.ev = ev
+    def __init__(self, evaluation: EvaluationConfig):
+        self.evaluation = evaluation
 
     def label(self) -> str:
         return self.key
 
     def settings(self) -> dict:
         """What changes the predictive distribution (the report keeps rows with different settings apart)."""
-        return {"num_samples": self.ev.num_samples if self.sampled else 1}
+        return {"num_samples": self.evaluation.num_samples if self.sampled else 1}
 
     def check(self, runs: list[RunConfig], paths: list) -> None:
         """One-line errors before any model loads."""
@@ -72,7 +72,7 @@ class MAP(Method):
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
         return draw_probs(run.model, data.features, data.collator, data.batch_size, "base",
-                          sort_by_length=self.ev.sort_by_length, accelerator=data.accelerator)
+                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 @register
@@ -87,7 +87,7 @@ class Dropout(MAP):
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
         return draw_probs(run.model, data.features, data.collator, data.batch_size, "dropout",
-                          num_samples=self.ev.num_samples, seed=self.ev.seed, sort_by_length=self.ev.sort_by_length,
+                          num_samples=self.evaluation.num_samples, seed=self.evaluation.seed, sort_by_length=self.evaluation.sort_by_length,
                           accelerator=data.accelerator)
 
 
@@ -99,11 +99,11 @@ class Swag(Method):
     sampled = True
 
     def label(self) -> str:
-        return "swa" if self.ev.swag_sample_scale == 0 else "swag"
+        return "swa" if self.evaluation.swag_sample_scale == 0 else "swag"
 
     def settings(self) -> dict:
-        return {"num_samples": self.ev.num_samples, "swag_sample_scale": self.ev.swag_sample_scale,
-                "swag_cov_mat": self.ev.swag_cov_mat}
+        return {"num_samples": self.evaluation.num_samples, "swag_sample_scale": self.evaluation.swag_sample_scale,
+                "swag_cov_mat": self.evaluation.swag_cov_mat}
 
     def check(self, runs, paths):
         super().check(runs, paths)
@@ -111,7 +111,7 @@ class Swag(Method):
             if not isinstance(run.method, SwagConfig):
                 raise ConfigError(f"{path} was trained with method={run.method.method_name}; "
                                   f"evaluation.eval_method={self.key} needs a SWAG run")
-            if self.ev.swag_cov_mat and not SwagPosterior.read_metadata(path / "swag_model").get("keep_deviations", True):
+            if self.evaluation.swag_cov_mat and not SwagPosterior.read_metadata(path / "swag_model").get("keep_deviations", True):
                 raise ConfigError(f"the SWAG posterior of {path} is diagonal (trained with method.swag_cov_mat=false): it "
                                   f"has no low-rank term; evaluate it with evaluation.swag_cov_mat=false (SWAG_COV_MAT=false)")
 
@@ -120,9 +120,9 @@ class Swag(Method):
         post = SwagPosterior.load(run.directory / "swag_model", device=next(run.model.parameters()).device)
         k = None if run.config.method.swag_k_held else post.max_rank   # the original: K = swag_max_num_models
         return draw_probs(run.model, data.features, data.collator, data.batch_size, "swag", posterior=post,
-                          named=run.named, num_samples=self.ev.num_samples, scale=self.ev.swag_sample_scale,
-                          cov=self.ev.swag_cov_mat, k=k, seed=self.ev.seed + 1000 * member,
-                          sort_by_length=self.ev.sort_by_length, accelerator=data.accelerator)
+                          named=run.named, num_samples=self.evaluation.num_samples, scale=self.evaluation.swag_sample_scale,
+                          cov=self.evaluation.swag_cov_mat, k=k, seed=self.evaluation.seed + 1000 * member,
+                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 @register
@@ -142,7 +142,7 @@ class MultiSwag(Swag):
     members = "several"
 
     def label(self) -> str:
-        return "multiswa" if self.ev.swag_sample_scale == 0 else "multiswag"
+        return "multiswa" if self.evaluation.swag_sample_scale == 0 else "multiswag"
 
     def check(self, runs, paths):
         super().check(runs, paths)
@@ -173,7 +173,7 @@ def check_members(runs: list[RunConfig], method: str) -> None:
                 raise ConfigError(f"{method} members disagree on {name}: {first[name]!r} (member 0) vs {value!r} (member {i})")
 
 
-def make_method(ev: EvaluationConfig) -> Method:
-    if ev.eval_method not in METHODS:
-        raise ConfigError(f"unknown evaluation.eval_method {ev.eval_method!r}; allowed: {', '.join(METHODS)}")
-    return METHODS[ev.eval_method](ev)
+def make_method(evaluation: EvaluationConfig) -> Method:
+    if evaluation.eval_method not in METHODS:
+        raise ConfigError(f"unknown evaluation.eval_method {evaluation.eval_method!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[evaluation.eval_method](evaluation)

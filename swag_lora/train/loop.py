@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from swag_lora import metrics
 from swag_lora.config import ConfigError, RunConfig, SwagConfig, go_offline, run_dir
 from swag_lora.data import get_task, load_splits
-from swag_lora.data.encode import Collator, encode
+from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
 from swag_lora.io import atomic_dir
-from swag_lora.model import load_model, swag_tensors
+from swag_lora.model import build_model, encoder_arch, load_tokenizer, model_source, swag_tensors
 from swag_lora.posteriors.swag import SwagPosterior
 from swag_lora.predict import draw_probs
 from swag_lora.train.checkpoint import Checkpointer
@@ -35,18 +35,20 @@ def train(run: RunConfig) -> Path:
     """Train one run (SWAG or MAP); return its run directory."""
     exp, swag = run.experiment, run.swag
     accelerator = make_accelerator(run)
+    data = TrainingData(run, accelerator)               # tokenizer, features and loader; the model comes later
+    batches_per_epoch = len(data.loader)
+    steps_per_epoch, epochs = math.ceil(batches_per_epoch / exp.gradient_accumulation_steps), last_epoch(run)
+    check_collection(run, steps_per_epoch, epochs)      # a data-dependent setting, refused before the model loads
     directory = run_dir(run)
     with open_dict(run.raw):
         run.raw.experiment.save_path = str(directory)     # config.yaml records where the run lives
     resuming = open_run_dir(run, directory, accelerator)
-    data = TrainingData(run, accelerator)
-    model, optimizer, loader = accelerator.prepare(data.model, data.optimizer, data.loader)
+    accelerator.print(f"[swag-lora] run directory: {directory}")
+    model, optimizer, loader = accelerator.prepare(*data.model_and_optimizer(accelerator), data.loader)
     inner = accelerator.unwrap_model(model)
-    batches_per_epoch, steps_per_epoch = len(loader), math.ceil(len(loader) / exp.gradient_accumulation_steps)
     schedule = lr_schedule(run, batches_per_epoch)
-    epochs = last_epoch(run)
     best = BestAdapter(directory / "base_model", keep=swag is None or swag.swag_save_base_model)
-    collector = make_collector(run, model, inner, accelerator, steps_per_epoch, epochs)
+    collector = make_collector(run, model, inner, accelerator, steps_per_epoch)
     checkpoints = Checkpointer(directory / "checkpoint", accelerator, inner, optimizer)
     log = EpochLog(run, directory, accelerator)
     progress = Progress()
@@ -210,34 +212,41 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class TrainingData:
-    """Tokenizer, model, encoded train/validation features, the loader and the optimizer of a run."""
+    """The tokenizer, the encoded train/validation features and the loader of a run; then its model and optimizer."""
 
     def __init__(self, run: RunConfig, accelerator):
-        exp = run.experiment
-        set_seed(exp.seed)
-        self.task = get_task(exp.task)
-        self.tokenizer, self.model = load_model(run.model, exp, self.task, exp.offline, exp.model_path)
+        exp = self.exp = run.experiment
+        self.run, self.task = run, get_task(exp.task)
+        self.source_path = model_source(run.model, exp.offline, exp.model_path)
+        self.tokenizer = load_tokenizer(run.model, self.source_path)
+        self.arch = "causal" if run.model.family == "causal" else encoder_arch(self.task)
         splits = load_splits(exp.task, exp.subtask, offline=exp.offline, data_path=exp.data_path, seed=exp.seed,
                              val_fraction=exp.val_fraction, all_items=exp.arc_all_items, roles=("train", "validation"))
         self.source = splits.source
         cap = {"train": exp.max_train_samples, "validation": exp.max_eval_samples}
-        self.features = {role: encode(splits[role][: cap[role] or None], self.tokenizer, self.model.arch, self.task,
+        self.features = {role: encode(splits[role][: cap[role] or None], self.tokenizer, self.arch, self.task,
                                       run.model.max_length, exp.prompt_style) for role in cap}
-        self.labels = {role: np.array([f["label"] for f in feats]) for role, feats in self.features.items()}
-        self.collator = Collator(self.tokenizer.pad_token_id, self.model.arch, self.model.num_choices,
+        self.labels = {role: labels_of(feats) for role, feats in self.features.items()}
+        self.collator = Collator(self.tokenizer.pad_token_id, self.arch, choice_width(self.arch, self.task),
                                  self.tokenizer.padding_side)
         self.loader = torch.utils.data.DataLoader(
             self.features["train"], batch_size=exp.batch_size // exp.gradient_accumulation_steps,
             sampler=EpochSampler(len(self.features["train"]), exp.seed), collate_fn=self.collator,
             generator=torch.Generator())
+
+    def model_and_optimizer(self, accelerator):
+        """The base model + LoRA + head, seeded as every process's; AdamW over its trained tensors."""
+        exp, run = self.exp, self.run
+        set_seed(exp.seed)
+        self.model = build_model(run.model, exp, self.task, self.tokenizer, self.source_path)
         if accelerator.num_processes > 1:   # the same initial weights everywhere, then a dropout stream per process
             set_seed(exp.seed, device_specific=True)
         trainable = self.model.trainable_state()
-        self.optimizer = torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
         accelerator.print(
             f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(self.features['train'])} train / "
-            f"{len(self.features['validation'])} validation rows; {run.model.name} ({self.model.arch}), "
+            f"{len(self.features['validation'])} validation rows; {run.model.name} ({self.arch}), "
             f"{sum(p.numel() for p in trainable.values()):,} trainable parameters; {accelerator.num_processes} process(es)")
+        return self.model, torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
 
 
 def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
@@ -260,15 +269,20 @@ def last_epoch(run: RunConfig) -> int:
     return run.experiment.num_epochs
 
 
-def make_collector(run: RunConfig, model, inner, accelerator, steps_per_epoch: int, epochs: int) -> SwagCollector | None:
+def check_collection(run: RunConfig, steps_per_epoch: int, epochs: int) -> None:
+    swag = run.swag
+    if swag:
+        swag_steps = (epochs - swag.swag_start) * steps_per_epoch
+        if swag.swag_c_steps > swag_steps:
+            raise ConfigError(f"method.swag_c_steps={swag.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
+                              f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
+
+
+def make_collector(run: RunConfig, model, inner, accelerator, steps_per_epoch: int) -> SwagCollector | None:
     """The method's posterior collector: SWAG has one, MAP none."""
     swag = run.swag
     if not isinstance(swag, SwagConfig):
         return None
-    swag_steps = (epochs - swag.swag_start) * steps_per_epoch
-    if swag.swag_c_steps > swag_steps:
-        raise ConfigError(f"method.swag_c_steps={swag.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
-                          f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
     named = swag_tensors(inner, swag.modules_to_swag)
     return SwagCollector(lambda: gathered_params(accelerator, model, named), swag_start=swag.swag_start,
                          max_rank=swag.swag_max_num_models, c_epochs=swag.swag_c_epochs, c_steps=swag.swag_c_steps,

@@ -117,6 +117,7 @@ def _init_wandb(run: RunConfig, directory: Path):
         print("[swag-lora] wandb is not installed; logging to training_log.csv only")
         return None
     Path(exp.wandb_path).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")   # README says where the W&B files go; WANDB_SILENT=false to see them
     return wandb.init(project=exp.wandb_project, group=exp.wandb_group, name=directory.name, dir=str(exp.wandb_path),
                       mode=mode, config=OmegaConf.to_container(run.raw, resolve=True), resume="allow",
                       id=re.sub(r"[^A-Za-z0-9_-]", "_", "-".join(directory.parts[-4:]))[:128])

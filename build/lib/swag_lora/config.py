@@ -134,7 +134,7 @@ class MapConfig(MethodConfig):
 
 @dataclass
 class SwagConfig(MethodConfig):
-    """SWAG over the LoRA (+ head) weights: the original's conf/method/swag.yaml, then this project's opt-ins."""
+    """SWAG overrides the LoRA (+ head) weights: the original's conf/method/swag.yaml, then this project's opt-ins."""
     swag_start: int = opt("epochs of ordinary training; collection at the end of epochs swag_start + 1, ...", check="nonneg_int")
     force_save: int = opt("save the SWAG model at 0-based epoch swag_start + force_save unless a new minimum of the SWA "
                           "validation loss came then (training goes on)")
@@ -203,34 +203,34 @@ class EvalConfig:
 def parse_eval(cfg: DictConfig) -> EvalConfig:
     """The composed evaluation config (conf/eval.yaml) -> typed, checked `EvalConfig`."""
     data = _container(cfg)
-    ev = EvalConfig(evaluation=_build(EvaluationConfig, data.get("evaluation", {}), "evaluation"),
+    evaluation = EvalConfig(evaluation=_build(EvaluationConfig, data.get("evaluation", {}), "evaluation"),
                     experiment=_build(DataOverrides, data.get("experiment", {}), "experiment"))
-    validate_eval(ev)
-    return ev
+    validate_eval(evaluation)
+    return evaluation
 
 
 def validate_eval(cfg: EvalConfig) -> None:
     from swag_lora.predict.methods import METHODS
-    ev, over = cfg.evaluation, cfg.experiment
-    if ev.eval_method not in METHODS:
-        _fail(f"unknown evaluation.eval_method {ev.eval_method!r}; allowed: {', '.join(METHODS)}")
-    if METHODS[ev.eval_method].members == "several":
-        if len(ev.eval_model_paths) < 2:
-            _fail(f"evaluation.eval_method={ev.eval_method} needs at least 2 runs in evaluation.eval_model_paths "
-                  f"(got {len(ev.eval_model_paths)})")
-        paths = list(ev.eval_model_paths)
+    evaluation, overrides = cfg.evaluation, cfg.experiment
+    if evaluation.eval_method not in METHODS:
+        _fail(f"unknown evaluation.eval_method {evaluation.eval_method!r}; allowed: {', '.join(METHODS)}")
+    if METHODS[evaluation.eval_method].members == "several":
+        if len(evaluation.eval_model_paths) < 2:
+            _fail(f"evaluation.eval_method={evaluation.eval_method} needs at least 2 runs in evaluation.eval_model_paths "
+                  f"(got {len(evaluation.eval_model_paths)})")
+        paths = list(evaluation.eval_model_paths)
     else:
-        if not ev.eval_model_path:
+        if not evaluation.eval_model_path:
             _fail("evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
-        paths = [ev.eval_model_path]
+        paths = [evaluation.eval_model_path]
     for p in paths:
         if find_run_dir(p) is None:
             _fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
-    if over.task:
-        check_task(over, "task", "subtask")
-    if over.ood_task:
-        check_task(over, "ood_task", "ood_subtask")
-    if ev.only_ood and over.ood_task == "":
+    if overrides.task:
+        check_task(overrides, "task", "subtask")
+    if overrides.ood_task:
+        check_task(overrides, "ood_task", "ood_subtask")
+    if evaluation.only_ood and overrides.ood_task == "":
         _fail("evaluation.only_ood=true but experiment.ood_task is empty")
 
 

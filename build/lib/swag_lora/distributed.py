@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from swag_lora.config import ConfigError
+
 try:
     from torch.distributed.tensor import DTensor, distribute_tensor
 except ImportError:  # pragma: no cover - torch builds without distributed
@@ -73,8 +75,6 @@ def refuse_untested_backends(accelerator) -> None:
     """DeepSpeed and FSDP1 have never run with this code (no CUDA here, and neither runs on the CPU); FSDP2 has
     (torch's `fully_shard` on 2 CPU processes, tests/test_distributed.py).  Refuse the others at start."""
     from accelerate.utils import DistributedType
-
-    from swag_lora.config import ConfigError
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
         raise ConfigError("DeepSpeed (ZeRO-2/3) is untested with swag-lora (its gathering, checkpoints and sharded "

@@ -20,7 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from swag_lora.config import MODULES_TO_SWAG  # noqa: E402
+from swag_lora.config import MODULES_TO_SWAG
+from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
+from swag_lora.distributed import reshard, write_
 
 LETTERS = "ABCDEFGHIJ"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,7 +47,6 @@ def tiny_tokenizer(family: str):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
     corpus = [*TEMPLATES, *OPENERS, *SHIFTED_TEMPLATES, *MIX_TEMPLATES, *(w for ws in WORDS.values() for w in ws),
               *(w for ws in HELD_OUT.values() for w in ws), "Question: Answer: Choices: Text: What is this sentence about?",
               " ".join(LETTERS), "sports food weather technology yes no the a of to is in"]
@@ -183,7 +184,6 @@ class ChoiceModel(nn.Module):
     @torch.no_grad()
     def load_adapter(self, folder: str | os.PathLike) -> None:
         """Load an adapter saved by `save_adapter` into the trainable tensors, in place (sharded ones too)."""
-        from swag_lora.distributed import reshard, write_
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
         if meta["kind"] != self.arch or (self.arch != "multiple_choice" and meta["num_choices"] != self.num_choices):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swag_lora import metrics as M
+from swag_lora.metrics import accuracy, expected_calibration_error, reliability_bins
 from swag_lora.io import atomic_write
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
@@ -65,7 +65,7 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
     fig, axes = plt.subplots(2, len(entries), figsize=(3.2 * len(entries), 4.6), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     for j, (label, probs, labels) in enumerate(entries):
-        b = M.reliability_bins(probs, labels, n_bins)
+        b = reliability_bins(probs, labels, n_bins)
         centers = (b["edges"][:-1] + b["edges"][1:]) / 2
         width = 1.0 / n_bins
         ax = axes[0, j]
@@ -74,8 +74,8 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
         ax.bar(centers[has], np.abs(b["confidence"] - b["accuracy"])[has], bottom=np.minimum(b["confidence"], b["accuracy"])[has],
                width=width, color="#dd8452", alpha=0.45, edgecolor="#c44e52", hatch="//", label="gap to confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ece = M.expected_calibration_error(probs, labels, n_bins)
-        ax.set_title(f"{label}\nacc {M.accuracy(probs, labels):.3f}  ECE {ece:.3f}", fontsize=9)
+        ece = expected_calibration_error(probs, labels, n_bins)
+        ax.set_title(f"{label}\nacc {accuracy(probs, labels):.3f}  ECE {ece:.3f}", fontsize=9)
         ax.set_ylim(0, 1)
         if j == 0:
             ax.set_ylabel("accuracy")

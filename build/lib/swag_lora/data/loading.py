@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swag_lora.data.demo import demo_datasetdict
 from swag_lora.data.tasks import Splits, Task, get_task, mmlu_subjects
 
 
@@ -23,7 +24,6 @@ def offline_dirs(task: Task, subtask: str, data_path: str | os.PathLike) -> list
 
 def _load_datasetdicts(task: Task, subtask: str, offline: bool, data_path: str | None) -> list:
     if task.name == "demo":
-        from swag_lora.data.demo import demo_datasetdict
         return [demo_datasetdict(shifted=subtask == "shifted")]
     if offline:
         from datasets import load_from_disk

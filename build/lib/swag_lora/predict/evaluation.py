@@ -14,7 +14,7 @@ from swag_lora import metrics
 from swag_lora.config import (ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig, find_run_dir,
                               go_offline, load_run_config)
 from swag_lora.data import get_task, load_splits
-from swag_lora.data.encode import Collator, encode
+from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.data.loading import held_out_validation
 from swag_lora.model import load_model, swag_tensors
 from swag_lora.predict.methods import Batches, Method, make_method
@@ -67,25 +67,25 @@ class Plan:
 
 def resolve_plan(cfg: EvalConfig) -> Plan:
     """The evaluation's settings where given, the (first) run's otherwise."""
-    ev, over = cfg.evaluation, cfg.experiment
-    many = make_method(ev).members == "several"
-    paths = [find_run_dir(p) for p in (ev.eval_model_paths if many else [ev.eval_model_path])]
+    evaluation, overrides = cfg.evaluation, cfg.experiment
+    many = make_method(evaluation).members == "several"
+    paths = [find_run_dir(p) for p in (evaluation.eval_model_paths if many else [evaluation.eval_model_path])]
     configs = [load_run_config(p) for p in paths]
     exp = configs[0].experiment
-    if ev.swag_sample_scale is None:       # the run's method.swag_sample_scale (member 0's for MultiSWAG)
-        ev = replace(ev, swag_sample_scale=configs[0].swag.swag_sample_scale if configs[0].swag else 0.5)
-    method = make_method(ev)
+    if evaluation.swag_sample_scale is None:       # the run's method.swag_sample_scale (member 0's for MultiSWAG)
+        evaluation = replace(evaluation, swag_sample_scale=configs[0].swag.swag_sample_scale if configs[0].swag else 0.5)
+    method = make_method(evaluation)
     method.check(configs, paths)
-    task, subtask = (over.task, over.subtask or "") if over.task is not None else (exp.task, exp.subtask)
-    ood, ood_sub = (over.ood_task, over.ood_subtask or "") if over.ood_task is not None else (exp.ood_task, exp.ood_subtask)
-    targets = ([] if ev.only_ood else [("id", task, subtask, ev.split)]) + ([("ood", ood, ood_sub, "test")] if ood else [])
+    task, subtask = (overrides.task, overrides.subtask or "") if overrides.task is not None else (exp.task, exp.subtask)
+    ood, ood_sub = (overrides.ood_task, overrides.ood_subtask or "") if overrides.ood_task is not None else (exp.ood_task, exp.ood_subtask)
+    targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + ([("ood", ood, ood_sub, "test")] if ood else [])
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Plan(method=method, paths=paths, configs=configs, targets=targets,
-                batch_size={"id": pick(over.eval_batch_size, exp.eval_batch_size), "ood": pick(over.ood_batch_size, exp.ood_batch_size)},
-                offline=pick(over.offline, exp.offline), data_path=pick(over.data_path, exp.data_path),
-                model_path=over.model_path, max_eval_samples=pick(over.max_eval_samples, exp.max_eval_samples),
-                temperature_scaling=ev.temperature_scaling or ev.eval_method == "temperature",
-                output_dir=Path(ev.output_dir) if ev.output_dir else paths[0] / "eval", ece_bins=ev.ece_bins)
+                batch_size={"id": pick(overrides.eval_batch_size, exp.eval_batch_size), "ood": pick(overrides.ood_batch_size, exp.ood_batch_size)},
+                offline=pick(overrides.offline, exp.offline), data_path=pick(overrides.data_path, exp.data_path),
+                model_path=overrides.model_path, max_eval_samples=pick(overrides.max_eval_samples, exp.max_eval_samples),
+                temperature_scaling=evaluation.temperature_scaling or evaluation.eval_method == "temperature",
+                output_dir=Path(evaluation.output_dir) if evaluation.output_dir else paths[0] / "eval", ece_bins=evaluation.ece_bins)
 
 
 def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool = True) -> list[dict]:
@@ -105,7 +105,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
     def bma_draws(task: str, subtask: str, split: str, dist: str, rows=None, source=""):
         data, info = batches(plan, runs[0], task, subtask, split, dist, accelerator, rows, source)
         draws = np.concatenate([method.draws(run, i, data) for i, run in enumerate(runs)])
-        return draws[..., : info["num_choices"]], np.array([f["label"] for f in data.features]), info
+        return draws[..., : info["num_choices"]], labels_of(data.features), info
 
     temperature, temperature_source = None, None
     if plan.temperature_scaling:
@@ -129,7 +129,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
         record = {
             "method": method.key, "label": method.label() + ("+ts" if temperature is not None and method.key != "temperature" else ""),
             "settings": {**method.settings(), "temperature": temperature, "temperature_scaling": temperature is not None,
-                         "temperature_source": temperature_source, "seed": method.ev.seed, "num_members": len(runs),
+                         "temperature_source": temperature_source, "seed": method.evaluation.seed, "num_members": len(runs),
                          "num_draws": int(draws.shape[0]), "num_processes": accelerator.num_processes if accelerator else 1},
             "distribution": dist, **{k: v for k, v in info.items() if k != "num_choices"}, "num_classes": int(draws.shape[2]),
             "model": runs[0].config.model.name, "train_task": runs[0].config.experiment.task,
@@ -159,7 +159,7 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
         rows, source = splits[split], splits.source["splits"][split]
     rows = rows[: plan.max_eval_samples or None]
     feats = encode(rows, run.tokenizer, arch, task, run.config.model.max_length, exp.prompt_style)
-    width = run.model.num_choices if arch != "multiple_choice" else max(task.num_choices, 1)
+    width = run.model.num_choices if arch != "multiple_choice" else choice_width(arch, task)
     collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
     info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
             "split_source": source, "num_examples": len(feats)}
@@ -190,9 +190,9 @@ def default_table(run: RunConfig, directory: Path) -> list[dict]:
     if (directory / "swag_model").is_dir():
         methods += [("swag", {"swag_sample_scale": 0.0, "num_samples": 1}), ("swag", {})]
     results = []
-    for key, over in methods:
-        ev = replace(run.evaluation, eval_method=key, eval_model_path=str(directory), **over)
-        plan = resolve_plan(EvalConfig(evaluation=ev, experiment=DataOverrides(task=run.experiment.task,
+    for key, overrides in methods:
+        evaluation = replace(run.evaluation, eval_method=key, eval_model_path=str(directory), **overrides)
+        plan = resolve_plan(EvalConfig(evaluation=evaluation, experiment=DataOverrides(task=run.experiment.task,
                                                                                subtask=run.experiment.subtask)))
         results += evaluate(plan, runs=[loaded], distributed=False)   # rank 0 alone: the others have finished
     return results
