@@ -10,8 +10,12 @@ from conftest import REPO
 
 @pytest.mark.slow
 def test_pip_install_gives_an_importable_package_with_its_configs(tmp_path):
+    import shutil
+    source = tmp_path / "src"       # a copy: building in place would leave build/ and *.egg-info in the checkout
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "results", "wandb", "build", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", "logs"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"),
-                            str(REPO)], capture_output=True, text=True, timeout=600)
+                            str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next((tmp_path / "wheel").glob("swag_lora-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
