@@ -173,8 +173,8 @@ def test_reload_at_swag_start_loads_the_lowest_loss_adapter(tmp_path):
         torch.testing.assert_close(mu, last2[name], atol=1e-6, rtol=0)
 
 
-@pytest.mark.slow
-def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_path, monkeypatch):
+def optimizer_step_lrs(monkeypatch) -> list:
+    """The learning rate of every real optimizer step (Accelerate calls AdamW.step only at the end of a window)."""
     seen = []
     step = torch.optim.AdamW.step
 
@@ -182,6 +182,12 @@ def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_pa
         seen.append(self.param_groups[0]["lr"])
         return step(self, *a, **k)
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    return seen
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_batch_is_per_optimizer_step_and_lr_matches(tmp_path, monkeypatch):
+    seen = optimizer_step_lrs(monkeypatch)
     rd, cfg, rows, info = run(tmp_path, "model=tiny_roberta", "experiment.num_epochs=4", "method.swag_start=2",
                               "experiment.batch_size=8", "experiment.gradient_accumulation_steps=2",
                               "method.swag_anneal_strategy=cos", "method.swag_anneal_epochs=1", "method.swag_max_num_models=2",
@@ -199,13 +205,7 @@ def test_the_papers_command_on_a_tiny_llama_trains_the_original_procedure(tmp_pa
     2 batches, the original's learning rate at every step, and its reload / MAP / SWAG-save rules."""
     from swag_lora.data.raw import raw_datasetdict
     raw_datasetdict("obqa", shared_data / "obqa").save_to_disk(str(tmp_path / "data" / "obqa"))
-    seen = []
-    step = torch.optim.AdamW.step
-
-    def recording_step(self, *a, **k):
-        seen.append(self.param_groups[0]["lr"])
-        return step(self, *a, **k)
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    seen = optimizer_step_lrs(monkeypatch)
     command = [o for o in SEED_COMMAND if not o.startswith("model=")]
     rd, cfg, rows, info = run(tmp_path, *command, "model=tiny_llama", "experiment.offline=true",
                               f"experiment.data_path={tmp_path / 'data'}", "experiment.max_train_samples=32",
