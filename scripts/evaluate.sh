@@ -17,6 +17,9 @@ EVAL_ARGS=(evaluation.eval_method="$METHOD" evaluation.num_samples="$NUM_SAMPLES
 [[ -n "$OOD_TASK" ]] && EVAL_ARGS+=(experiment.ood_task="$OOD_TASK" experiment.ood_subtask="$OOD_SUBTASK")
 [[ -n "$OOD_BATCH_SIZE" ]] && EVAL_ARGS+=(experiment.ood_batch_size="$OOD_BATCH_SIZE")
 [[ -n "$DATA_PATH" ]] && EVAL_ARGS+=(experiment.data_path="$DATA_PATH")
+[[ -n "${LAPLACE_SUBSET:-}" ]] && EVAL_ARGS+=(evaluation.laplace_subset="$LAPLACE_SUBSET")
+[[ -n "${LAPLACE_HESSIAN:-}" ]] && EVAL_ARGS+=(evaluation.laplace_hessian="$LAPLACE_HESSIAN")
+[[ -n "${LAPLACE_PREDICTIVE:-}" ]] && EVAL_ARGS+=(evaluation.laplace_predictive="$LAPLACE_PREDICTIVE")
 if [[ "$RUNS" == several ]]; then
   [[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
   read -r -a MEMBERS <<< "$PATHS"

@@ -46,7 +46,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATION = ("none", "4bit", "8bit")
 SCHEDULERS = ("constant", "linear", "cosine", "cosine_hard_restarts")
 ANNEAL_STRATEGIES = ("linear", "cos", "cosine", "constant", "cosine_hard_restarts")
-MODULES_TO_SWAG = ("grad_only", "lora_only", "all")
+MODULES_TO_SWAG = ("grad_only", "lora_only", "head", "all")
 PROMPT_STYLES = ("original", "lines")
 
 
@@ -124,7 +124,7 @@ class ExperimentConfig:
 
 @dataclass
 class MethodConfig:
-    method_name: str = opt("swag (the original's), swag_demo (the default: tuned for the 6-epoch demo), map")
+    method_name: str = opt("swag (the original's), swag_demo (the default: tuned for the 6-epoch demo), map, ivon")
 
 
 @dataclass
@@ -138,7 +138,8 @@ class SwagConfig(MethodConfig):
     swag_start: int = opt("epochs of ordinary training; collection at the end of epochs swag_start + 1, ...", check="nonneg_int")
     force_save: int = opt("save the SWAG model at 0-based epoch swag_start + force_save unless a new minimum of the SWA "
                           "validation loss came then (training goes on)")
-    modules_to_swag: str = opt("tensors in the posterior: LoRA + head, LoRA only, all", choices=MODULES_TO_SWAG)
+    modules_to_swag: str = opt("tensors in the posterior: LoRA + head, LoRA only, the head only (last-layer SWAG; "
+                               "its samples reuse one backbone pass), all", choices=MODULES_TO_SWAG)
     swag_scheduler: str = opt("accepted for the original's configs, which read it only for the run name; unused")
     swag_learning_rate: float = opt("the rate SWALR anneals to", check="positive")
     swag_anneal_epochs: int = opt("epochs of SWALR's anneal", check="nonneg_int")
@@ -158,7 +159,19 @@ class SwagConfig(MethodConfig):
     swag_device: str = opt("posterior buffers beside the weights or on the CPU", choices=("same", "cpu"))
 
 
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig}
+@dataclass
+class IvonConfig(MethodConfig):
+    """IVON (variational learning; ivon-opt): the LoRA (+ head) tensors trained by IVON instead of AdamW, whose state
+    is a diagonal Gaussian posterior (saved in ivon_model/ at the lowest validation loss of its mean)."""
+    ivon_ess: float | None = opt("effective sample size (null: the number of training rows)", check="positive")
+    ivon_hess_init: float = opt("initial Hessian estimate", check="positive")
+    ivon_beta1: float = opt("momentum of the gradient", check="fraction0")
+    ivon_beta2: float = opt("momentum of the Hessian estimate", check="fraction")
+    ivon_weight_decay: float = opt("weight decay (the prior precision delta)", check="nonneg")
+    ivon_train_samples: int = opt("weight samples (forward + backward passes) per optimizer step", check="positive_int")
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig, "ivon": IvonConfig}
 
 
 @dataclass
@@ -176,6 +189,22 @@ class EvaluationConfig:
     split: str = opt("the in-distribution split", choices=("test", "validation"))
     sort_by_length: bool = opt("length-sorted batches (less padding)")
     output_dir: str = opt("where the JSON/npz/PNG go (default: <run dir>/eval)")
+    laplace_subset: str = opt("Laplace-LoRA over LoRA + head (all) or the head alone (last-layer Laplace)",
+                              choices=("all", "head"))
+    laplace_hessian: str = opt("Kronecker-factored (KFAC) or diagonal GGN", choices=("kron", "diag"))
+    laplace_predictive: str = opt("linearised (probit, or num_samples logit samples) or num_samples weight samples",
+                                  choices=("glm_probit", "glm_mc", "nn_mc"))
+    table_methods: list = opt("the closing table after training: any of map, dropout, swa, swag, laplace, ll-laplace, "
+                              "ivon, temperature (those the run has the files for)")
+
+
+TABLE_METHODS = {   # evaluation.table_methods entries: (eval_method, overrides, the folder the run needs)
+    "map": ("base", {}, "base_model"), "temperature": ("temperature", {}, "base_model"),
+    "dropout": ("dropout", {}, "base_model"), "swa": ("swag", {"swag_sample_scale": 0.0, "num_samples": 1}, "swag_model"),
+    "swag": ("swag", {}, "swag_model"), "laplace": ("laplace", {"laplace_subset": "all"}, "base_model"),
+    "ll-laplace": ("laplace", {"laplace_subset": "head"}, "base_model"), "ivon": ("ivon", {}, "ivon_model"),
+}
+
 
 
 @dataclass
@@ -245,6 +274,10 @@ class RunConfig:
     @property
     def swag(self) -> SwagConfig | None:
         return self.method if isinstance(self.method, SwagConfig) else None
+
+    @property
+    def ivon(self) -> IvonConfig | None:
+        return self.method if isinstance(self.method, IvonConfig) else None
 
 
 # ---------------------------------------------------------------- conversion and checks
@@ -450,6 +483,18 @@ def validate_train(run: RunConfig) -> None:
         if m.swag_start_with_lowest_loss and not m.swag_save_base_model:
             _fail("method.swag_start_with_lowest_loss=true reloads base_model/, which method.swag_save_base_model=false "
                   "does not keep; set one of them the other way")
+    unknown = [name for name in run.evaluation.table_methods if name not in TABLE_METHODS]
+    if unknown:
+        _fail(f"unknown evaluation.table_methods entry {unknown[0]!r}; allowed: {', '.join(TABLE_METHODS)}")
+    if isinstance(m, IvonConfig):
+        if exp.gradient_accumulation_steps > 1:
+            _fail(f"method=ivon with experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps}: IVON takes "
+                  f"its Hessian estimate from each step's own weight sample; allowed: 1 (use a larger batch_size)")
+        if exp.max_grad_norm > 0:
+            _fail(f"method=ivon with experiment.max_grad_norm={exp.max_grad_norm}: IVON reads the gradients before "
+                  f"clipping could act; allowed: 0")
+        if exp.mixed_precision == "fp16":
+            _fail("method=ivon with experiment.mixed_precision=fp16 (a loss scaler) is untested; allowed: no, bf16")
     check_offline(run, [(exp.task, exp.subtask), (exp.ood_task, exp.ood_subtask)])
 
 
@@ -483,7 +528,9 @@ def default_exp_name(run: RunConfig) -> str:
     name = f"lr{exp.learning_rate:g}_bs{exp.batch_size}_ep{exp.num_epochs}_r{exp.lora_r}"
     if isinstance(m, SwagConfig):
         name += (f"_swag{m.swag_start}-{m.swag_learning_rate:g}-{m.swag_anneal_strategy}-k{m.swag_max_num_models}"
-                 + (f"-c{m.swag_c_steps}st" if m.swag_c_steps else ""))
+                 + (f"-c{m.swag_c_steps}st" if m.swag_c_steps else "") + ("-head" if m.modules_to_swag == "head" else ""))
+    if isinstance(m, IvonConfig):
+        name += f"_ivon-h{m.ivon_hess_init:g}" + (f"-ess{m.ivon_ess:g}" if m.ivon_ess else "")
     return name
 
 

@@ -155,6 +155,37 @@ class ChoiceModel(nn.Module):
             logits = self.peft(**kwargs).logits.float()
         return logits.masked_fill(~choice_mask, torch.finfo(logits.dtype).min)
 
+    # ------------------------------------------------------------ the head: last-layer posteriors
+    def head_module(self) -> nn.Module:
+        """The module that maps features to the (pre-mask) logits: the letter head of a causal LM, the trained copy
+        of an encoder's classifier (peft modules_to_save)."""
+        if self.arch == "causal":
+            return self.head
+        wrappers = {n: m for n, m in self.peft.named_modules() if n.endswith("modules_to_save.default")}
+        name = next((n for n in wrappers if "classifier" in n or "score" in n), None) or list(wrappers)[-1]
+        return wrappers[name]
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The head's parameters, named as in `named_parameters` (what a last-layer posterior covers)."""
+        head = {id(p) for p in self.head_module().parameters()}
+        return {n: p for n, p in self.named_parameters() if id(p) in head}
+
+    @torch.no_grad()
+    def head_inputs(self, batch: dict) -> tuple:
+        """One backbone pass: the arguments the head is called with (its features) for `batch`."""
+        seen = []
+        hook = self.head_module().register_forward_pre_hook(lambda module, args: seen.append(args))
+        try:
+            self(**batch)
+        finally:
+            hook.remove()
+        return seen[-1]
+
+    def logits_from_head(self, head_inputs: tuple, batch: dict) -> torch.Tensor:
+        """The model's logits, from the head applied to cached features (`head_inputs`): what `forward` returns."""
+        logits = self.head_module()(*head_inputs).float().reshape(batch["choice_mask"].shape[0], -1)
+        return logits.masked_fill(~batch["choice_mask"], torch.finfo(logits.dtype).min)
+
     # ------------------------------------------------------------ adapter files
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """LoRA and head weights: what an adapter checkpoint holds (tensor names as in named_parameters)."""
@@ -203,9 +234,12 @@ class ChoiceModel(nn.Module):
 
 
 def swag_tensors(model: nn.Module, modules_to_swag: str) -> dict[str, torch.Tensor]:
-    """The named parameters the SWAG posterior covers: LoRA only, everything trained, or all."""
+    """The named parameters the SWAG posterior covers: everything trained (LoRA + head), LoRA only, the head only
+    (last-layer SWAG), or all."""
     if modules_to_swag not in MODULES_TO_SWAG:
         raise ValueError(f"unknown modules_to_swag {modules_to_swag!r}; allowed: {', '.join(MODULES_TO_SWAG)}")
+    if modules_to_swag == "head":
+        return model.head_tensors()
     named = dict(model.named_parameters())
     if modules_to_swag == "lora_only":
         return {n: p for n, p in named.items() if "lora_" in n}

@@ -17,7 +17,7 @@ CASES = [
     (["experiment.task=mmlu", "experiment.subtask=anatomyy"], "unknown experiment.subtask 'anatomyy' for task 'mmlu'"),
     (["experiment.task=mmlu"], "experiment.subtask is required for task 'mmlu'"),
     (["method.swag_anneal_strategy=cosh"], "unknown method.swag_anneal_strategy 'cosh'; allowed: linear, cos, cosine, constant, cosine_hard_restarts"),
-    (["method.modules_to_swag=lora"], "unknown method.modules_to_swag 'lora'; allowed: grad_only, lora_only, all"),
+    (["method.modules_to_swag=lora"], "unknown method.modules_to_swag 'lora'; allowed: grad_only, lora_only, head, all"),
     (["method.swag_start=6", "experiment.num_epochs=6"], "method.swag_start=6 must be in [0, experiment.num_epochs=6)"),
     (["method.swag_save_base_model=false"], "method.swag_start_with_lowest_loss=true reloads base_model/"),
     (["experiment.batch_size=16", "experiment.gradient_accumulation_steps=3"], "experiment.batch_size=16 is the batch per optimizer step and must be a multiple of experiment.gradient_accumulation_steps=3"),
@@ -78,7 +78,7 @@ def test_the_verbatim_command_composes_and_validates():
 
 @pytest.mark.parametrize("args,message", [
     (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: distilbert, llama_3_1_8b, llama_7b_hf"),
-    (["method=swa"], "error: unknown method 'swa'; allowed: map, swag, swag_demo"),
+    (["method=swa"], "error: unknown method 'swa'; allowed: ivon, map, swag, swag_demo"),
     (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
     (["experiment.scheduler=cosine", "experiment.lr_scheduler=linear"],
      "error: experiment.lr_scheduler=linear and experiment.scheduler=cosine name the same setting; give one of them"),
@@ -96,7 +96,7 @@ def test_command_line_prints_one_line_and_exits_2(args, message):
 @pytest.mark.parametrize("args,message", [
     (["evaluation.eval_model_path=/nonexistent/run"], "error: evaluation model path '/nonexistent/run' is not a swag-lora run directory"),
     (["evaluation.eval_method=ensemble", "evaluation.eval_model_paths=[/a]"], "error: evaluation.eval_method=ensemble needs at least 2 runs"),
-    (["evaluation.eval_method=laplace"], "error: unknown evaluation.eval_method 'laplace'; allowed: base, dropout, swag, ensemble, multiswag, temperature"),
+    (["evaluation.eval_method=blob"], "error: unknown evaluation.eval_method 'blob'; allowed: base, dropout, swag, ensemble, multiswag, temperature, laplace, ivon"),
 ])
 def test_evaluation_command_line_errors(args, message):
     p = subprocess.run([sys.executable, "-m", "swag_lora.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=120)

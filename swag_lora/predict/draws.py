@@ -45,6 +45,11 @@ def predict_prepared(model, prepared: list[tuple[np.ndarray, dict]], n: int, num
     """N x C probabilities from prepared batches; every row scored exactly once (gathered across processes)."""
     idx_out = [i for i, _ in prepared]
     prob_out = [torch.softmax(model(**batch).float(), dim=-1).cpu().numpy().astype(np.float64) for _, batch in prepared]
+    return gather_rows(idx_out, prob_out, n, num_choices, accelerator)
+
+
+def gather_rows(idx_out: list, prob_out: list, n: int, num_choices: int, accelerator=None) -> np.ndarray:
+    """N x C probabilities from this process's batches (row indices, probabilities), gathered across processes."""
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
         gathered = gather_object([(idx_out, prob_out)])
@@ -105,10 +110,13 @@ def draw_probs(
     seed: int = 0,
     accelerator=None,
     sort_by_length: bool = True,
+    samples: list[dict[str, torch.Tensor]] | None = None,
 ) -> np.ndarray:
     """S x N x C probabilities of one model under `method`:
     base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA;
-    `k` as in `SwagPosterior.sample`)."""
+    `k` as in `SwagPosterior.sample`), weights (the given `samples` of the `named` tensors, e.g. Laplace's or
+    IVON's).  When the sampled tensors are the model's head alone, every batch takes one backbone pass and the
+    S samples only re-run the head on its features (`head_probs`): the same draws for a fraction of the cost."""
     device = accelerator.device if accelerator else next(model.parameters()).device
     prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
     run = lambda: predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)  # noqa: E731
@@ -127,6 +135,9 @@ def draw_probs(
             raise ValueError("swag draws need the posterior and the model's SWAG'd tensors")
         device = posterior._mean.device
         gen = torch.Generator(device=device).manual_seed(seed)
+        if head_only(model, named):
+            samples = [posterior.sample(scale, cov, generator=gen, k=k) for _ in range(1 if scale == 0 else num_samples)]
+            return head_probs(model, prepared, len(feats), collator.num_choices, named, samples, accelerator)
         out = []
         with swapped(named, model):
             for _ in range(1 if scale == 0 else num_samples):
@@ -134,4 +145,35 @@ def draw_probs(
                 posterior.sample_(named, scale, cov=cov, generator=gen, k=k)
                 out.append(run())
         return np.stack(out)
-    raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag")
+    if method == "weights":
+        if head_only(model, named):
+            return head_probs(model, prepared, len(feats), collator.num_choices, named, samples, accelerator)
+        out = []
+        with swapped(named, model):
+            for values in samples:
+                reshard(model)
+                SwagPosterior.write_(named, values)
+                out.append(run())
+        return np.stack(out)
+    raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag, weights")
+
+
+def head_only(model, named: dict | None) -> bool:
+    """Whether the sampled tensors are all in the model's head (a last-layer posterior)."""
+    return bool(named) and hasattr(model, "head_tensors") and set(named) <= set(model.head_tensors())
+
+
+@torch.inference_mode()
+def head_probs(model, prepared, n: int, num_choices: int, named: dict, samples: list[dict], accelerator=None) -> np.ndarray:
+    """S x N x C probabilities of `samples` of the head's tensors: one backbone pass per batch (`head_inputs`), then
+    the head alone per sample on the cached features (`logits_from_head`)."""
+    out = [[] for _ in samples]
+    indices = []
+    with swapped(named, model):
+        for index, batch in prepared:
+            features = model.head_inputs(batch)
+            for s, values in enumerate(samples):
+                SwagPosterior.write_(named, values)
+                out[s].append(torch.softmax(model.logits_from_head(features, batch), -1).cpu().numpy().astype(np.float64))
+            indices.append(index)
+    return np.stack([gather_rows(indices, probs, n, num_choices, accelerator) for probs in out])

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from swag_lora import metrics
-from swag_lora.config import (ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig, find_run_dir,
-                              go_offline, load_run_config)
+from swag_lora.config import (TABLE_METHODS, ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig,
+                              find_run_dir, go_offline, load_run_config)
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.data.loading import held_out_validation
@@ -163,7 +163,20 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
     collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
     info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
             "split_source": source, "num_examples": len(feats)}
-    return Batches(feats, collator, plan.batch_size[dist], accelerator), info
+    return Batches(feats, collator, plan.batch_size[dist], accelerator, lambda r: training_loader(plan, r)), info
+
+
+def training_loader(plan: Plan, run: LoadedRun):
+    """The run's own training rows (as it trained on them: carving, max_train_samples), batched."""
+    import torch
+    exp = run.config.experiment
+    task = get_task(exp.task)
+    rows = load_splits(exp.task, exp.subtask, offline=plan.offline, data_path=plan.data_path, seed=exp.seed,
+                       val_fraction=exp.val_fraction, roles=("train",), all_items=exp.arc_all_items).train
+    feats = encode(rows[: exp.max_train_samples or None], run.tokenizer, run.model.arch, task, run.config.model.max_length,
+                   exp.prompt_style)
+    collator = Collator(run.tokenizer.pad_token_id, run.model.arch, run.model.num_choices, run.tokenizer.padding_side)
+    return torch.utils.data.DataLoader(feats, batch_size=exp.eval_batch_size, collate_fn=collator)
 
 
 def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | None, str]:
@@ -183,17 +196,20 @@ def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | Non
 
 
 def default_table(run: RunConfig, directory: Path) -> list[dict]:
-    """After training: MAP, MC dropout, and (SWA, SWAG) on the ID test split and the OOD split, one model load, with
-    the run's evaluation settings."""
+    """After training: `evaluation.table_methods` (those the run has the files for) on the ID test split and the OOD
+    split, one model load, with the run's evaluation settings."""
+    unknown = [m for m in run.evaluation.table_methods if m not in TABLE_METHODS]
+    if unknown:
+        raise ConfigError(f"unknown evaluation.table_methods entry {unknown[0]!r}; allowed: {', '.join(TABLE_METHODS)}")
     loaded = load_run(directory)
-    methods = [("base", {}), ("dropout", {})]
-    if (directory / "swag_model").is_dir():
-        methods += [("swag", {"swag_sample_scale": 0.0, "num_samples": 1}), ("swag", {})]
     results = []
-    for key, overrides in methods:
+    for name in run.evaluation.table_methods:
+        key, overrides, needs = TABLE_METHODS[name]
+        if not (directory / needs).is_dir():
+            continue
         evaluation = replace(run.evaluation, eval_method=key, eval_model_path=str(directory), **overrides)
         plan = resolve_plan(EvalConfig(evaluation=evaluation, experiment=DataOverrides(task=run.experiment.task,
-                                                                               subtask=run.experiment.subtask)))
+                                                                                      subtask=run.experiment.subtask)))
         results += evaluate(plan, runs=[loaded], distributed=False)   # rank 0 alone: the others have finished
     return results
 

@@ -7,14 +7,18 @@ and its keys in conf/eval.yaml.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from swag_lora.config import ConfigError, EvaluationConfig, RunConfig, SwagConfig
+from swag_lora.posteriors.ivon import IvonPosterior
+from swag_lora.posteriors.laplace import LoraLaplace
 from swag_lora.posteriors.swag import SwagPosterior
-from swag_lora.predict.draws import draw_probs
+from swag_lora.predict.draws import draw_probs, gather_rows, prepare_batches
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -26,11 +30,13 @@ def register(cls):
 
 @dataclass
 class Batches:
-    """The rows one evaluation scores: features, their collator, and how to batch them."""
+    """The rows one evaluation scores: features, their collator, and how to batch them; `training` gives a run's
+    training rows as a loader (for methods fitted post hoc, e.g. Laplace)."""
     features: list
     collator: object
     batch_size: int
     accelerator: object = None
+    training: Callable | None = None
 
 
 class Method:
@@ -158,6 +164,107 @@ class Temperature(MAP):
 
     def label(self) -> str:
         return "temperature"
+
+
+@register
+class Laplace(Method):
+    """Laplace-LoRA at the MAP adapter, post hoc: over LoRA + head (`laplace_subset=all`) or the head alone
+    (`head`: last-layer Laplace, its samples and Jacobians on features of one backbone pass); KFAC or diagonal GGN,
+    the prior precision by marginal likelihood (laplace-torch); fitted once per run, kept in laplace_model/."""
+    key = "laplace"
+    sampled = True
+
+    def label(self) -> str:
+        return "laplace" if self.evaluation.laplace_subset == "all" else "ll-laplace"
+
+    def settings(self) -> dict:
+        e = self.evaluation
+        return {"num_samples": 1 if e.laplace_predictive == "glm_probit" else e.num_samples,
+                "laplace_subset": e.laplace_subset, "laplace_hessian": e.laplace_hessian,
+                "laplace_predictive": e.laplace_predictive}
+
+    def posterior(self, run, data: Batches) -> tuple[LoraLaplace, dict]:
+        """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ changed)."""
+        e, model = self.evaluation, run.model
+        model.load_adapter(run.directory / "base_model")
+        named = model.trainable_state() if e.laplace_subset == "all" else model.head_tensors()
+        folder, name = run.directory / "laplace_model", f"{e.laplace_subset}_{e.laplace_hessian}"
+        adapter = hashlib.sha1((run.directory / "base_model" / "adapter_model.safetensors").read_bytes()).hexdigest()
+        meta = folder / f"{name}.json"
+        if meta.is_file() and (folder / f"{name}.adapter").is_file() and (folder / f"{name}.adapter").read_text() == adapter:
+            return LoraLaplace.load(folder, name, model, named), named
+        post = LoraLaplace(model, named, e.laplace_hessian)
+        post.fit(data.training(run))
+        if data.accelerator is None or data.accelerator.is_main_process:
+            post.save(folder, name)
+            (folder / f"{name}.adapter").write_text(adapter)    # which MAP adapter the factors belong to
+        return post, named
+
+    def draws(self, run, member, data):
+        import torch
+        e = self.evaluation
+        post, named = self.posterior(run, data)
+        generator = torch.Generator().manual_seed(e.seed + 1000 * member)
+        if e.laplace_predictive == "nn_mc":
+            return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights", named=named,
+                              samples=post.sample(e.num_samples, generator), sort_by_length=e.sort_by_length,
+                              accelerator=data.accelerator)
+        return self.linearised(run.model, post, named, data, generator)
+
+    def linearised(self, model, post: LoraLaplace, named: dict, data: Batches, generator) -> np.ndarray:
+        """GLM predictive per batch: logits and their Jacobians w.r.t. the covered tensors (of the head on cached
+        features for the last-layer subset; of the whole model otherwise, by laplace-torch)."""
+        import torch
+        from torch.func import functional_call, jacrev
+        e, acc = self.evaluation, data.accelerator
+        device = acc.device if acc else next(model.parameters()).device
+        prepared = prepare_batches(data.features, data.collator, data.batch_size, acc, e.sort_by_length, device)
+        samples = 1 if e.laplace_predictive == "glm_probit" else e.num_samples
+        out, indices, head = [[] for _ in range(samples)], [], e.laplace_subset == "head"
+        model.eval()
+        for index, batch in prepared:
+            if head:
+                with torch.no_grad():
+                    features = model.head_inputs(batch)
+                    f_mu = model.logits_from_head(features, batch)
+                module = model.head_module()
+                inside = {id(p): n for n, p in module.named_parameters()}       # names relative to the head
+                params = {inside[id(t)]: t.detach() for t in named.values()}
+
+                def head_logits(p, features=features, batch=batch):
+                    out = functional_call(module, p, features).float()
+                    out = out.reshape(batch["choice_mask"].shape[0], -1)
+                    return out.masked_fill(~batch["choice_mask"], torch.finfo(out.dtype).min)
+                jac = jacrev(head_logits)(params)
+                J = torch.cat([jac[inside[id(t)]].reshape(*f_mu.shape, -1) for t in named.values()], -1)
+                probs = post.glm(f_mu, J, e.laplace_predictive, samples, generator)
+            else:
+                probs = post.predictive(batch, e.laplace_predictive, samples, generator)
+            for s in range(samples):
+                out[s].append(probs[s].detach().cpu().numpy().astype(np.float64))
+            indices.append(index)
+        return np.stack([gather_rows(indices, o, len(data.features), data.collator.num_choices, acc) for o in out])
+
+
+@register
+class Ivon(Method):
+    """IVON: S samples from the variational posterior its optimizer ended with (ivon_model/), written into the model."""
+    key = "ivon"
+    checkpoint = "ivon_model"
+    sampled = True
+
+    def label(self) -> str:
+        return "ivon"
+
+    def draws(self, run, member, data):
+        import torch
+        run.model.load_adapter(run.directory / "ivon_model")
+        post = IvonPosterior.load(run.directory / "ivon_model", device=next(run.model.parameters()).device)
+        generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(self.evaluation.seed + 1000 * member)
+        samples = [post.sample(generator) for _ in range(self.evaluation.num_samples)]
+        return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights",
+                          named={n: t for n, t in run.model.trainable_state().items() if n in post.shapes},
+                          samples=samples, sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 def check_members(runs: list[RunConfig], method: str) -> None:

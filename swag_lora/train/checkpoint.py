@@ -49,31 +49,56 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """(whole tensors, JSON metadata) of the optimizer's state; sharded moments are gathered (a collective)."""
+    """(whole tensors, JSON metadata) of an optimizer's state: per-parameter state (AdamW's moments; sharded ones
+    gathered, a collective), tensors kept in the parameter groups (IVON's Hessian and momentum), other state
+    entries and IVON's step counter."""
+    inner = getattr(optimizer, "optimizer", optimizer)      # Accelerate's wrapper
     sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
+    tensors, scalars, groups = {}, {}, []
     for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = full(v).detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+        if isinstance(st, dict):
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{pid}.{k}"] = full(v).detach().cpu().contiguous()
+                else:
+                    scalars[f"{pid}.{k}"] = v
+        elif torch.is_tensor(st):
+            tensors[f"state.{pid}"] = st.detach().cpu().contiguous()
+        else:
+            scalars[f"state.{pid}"] = st
+    for i, group in enumerate(sd["param_groups"]):
+        groups.append({k: v for k, v in group.items() if not torch.is_tensor(v)})
+        tensors.update({f"group{i}.{k}": v.detach().cpu().contiguous() for k, v in group.items() if torch.is_tensor(v)})
+    attrs = {"current_step": inner.current_step} if hasattr(inner, "current_step") else {}
+    return tensors, {"param_groups": groups, "scalars": scalars, "attrs": attrs}
 
 
 def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    state: dict[int, dict] = {}
+    groups = [dict(g) for g in meta["param_groups"]]
+    state: dict = {}
     for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        p = params[int(pid)]
-        if is_sharded(p) and v.shape == p.shape:   # a moment of a sharded parameter: this process's slice
-            v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-        state.setdefault(int(pid), {})[k] = v
+        head, k = key.split(".", 1)
+        if head == "state":
+            state[k] = v
+        elif head.startswith("group"):
+            p0 = optimizer.param_groups[int(head[5:])]["params"][0]
+            groups[int(head[5:])][k] = v.to(p0.device)
+        else:
+            p = params[int(head)]
+            if is_sharded(p) and v.shape == p.shape:   # a moment of a sharded parameter: this process's slice
+                v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            state.setdefault(int(head), {})[k] = v
     for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        head, k = key.split(".", 1)
+        if head == "state":
+            state[k] = v
+        else:
+            state.setdefault(int(head), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for k, v in meta.get("attrs", {}).items():
+        setattr(inner, k, v)
 
 
 def save_checkpoint(folder: Path, *, trainable: dict[str, torch.Tensor], optimizer,

@@ -22,6 +22,7 @@ from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
 from swag_lora.io import atomic_dir
 from swag_lora.model import build_model, encoder_arch, load_tokenizer, model_source, swag_tensors
+from swag_lora.posteriors.ivon import IvonPosterior, make_ivon
 from swag_lora.posteriors.swag import SwagPosterior
 from swag_lora.predict import draw_probs
 from swag_lora.train.checkpoint import Checkpointer
@@ -67,7 +68,8 @@ def train(run: RunConfig) -> Path:
                 collector.on_epoch_end(epoch)
                 row["collect_seconds"] = round(row["collect_seconds"] + time.time() - t, 4)
             row.update(validate(run, model, data, collector, accelerator))
-            best.update(row["val_loss"], epoch, lambda folder: save_adapter(inner, folder, accelerator))
+            if best.update(row["val_loss"], epoch, lambda folder: save_adapter(inner, folder, accelerator)) and run.ivon:
+                save_ivon_model(inner, optimizer, directory / "ivon_model", accelerator)
             if collector and collector.should_save(epoch, row.get("swa_val_loss")):
                 save_swag_model(inner, collector.posterior, directory / "swag_model", run, accelerator)
             row["epoch_seconds"] = round(time.time() - t0, 2)
@@ -115,9 +117,7 @@ def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progr
         for group in optimizer.param_groups:
             group["lr"] = lr
         with accelerator.accumulate(model):
-            labels = batch.pop("labels")
-            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-            accelerator.backward(loss)
+            loss = forward_backward(run, model, batch, optimizer, accelerator)
             if accelerator.sync_gradients and exp.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), exp.max_grad_norm)
             optimizer.step()
@@ -145,6 +145,23 @@ def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progr
     return {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
             "train_loss": float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean")),   # mean over processes
             "train_seconds": round(time.time() - t0, 3), "collect_seconds": round(collect_seconds, 4)}
+
+
+def forward_backward(run: RunConfig, model, batch: dict, optimizer, accelerator) -> torch.Tensor:
+    """The loss of one batch and its gradients; IVON's: each of its weight samples' (it reads them at once)."""
+    labels = batch.pop("labels")
+    if not run.ivon:
+        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+        accelerator.backward(loss)
+        return loss
+    ivon, losses = optimizer.optimizer, []
+    for _ in range(run.ivon.ivon_train_samples):
+        with ivon.sampled_params(train=True):
+            ivon.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+            accelerator.backward(loss)
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
 
 
 # ---------------------------------------------------------------- what the loop builds
@@ -186,6 +203,9 @@ def make_accelerator(run: RunConfig) -> Accelerator:
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision=exp.mixed_precision or None)
     refuse_untested_backends(accelerator)
+    if run.ivon and accelerator.num_processes > 1:
+        raise ConfigError(f"method=ivon with {accelerator.num_processes} processes: each would draw its own weight sample "
+                          f"and IVON's Hessian estimate needs its own sample's gradient (never run here); allowed: 1 process")
     loader_batch = exp.batch_size // exp.gradient_accumulation_steps
     if loader_batch % accelerator.num_processes:
         raise ConfigError(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step: it must be a multiple "
@@ -242,11 +262,18 @@ class TrainingData:
         if accelerator.num_processes > 1:   # the same initial weights everywhere, then a dropout stream per process
             set_seed(exp.seed, device_specific=True)
         trainable = self.model.trainable_state()
+        if run.ivon:
+            ivon = run.ivon
+            optimizer = make_ivon(list(trainable.values()), lr=exp.learning_rate, ess=ivon.ivon_ess or len(self.features["train"]),
+                                  hess_init=ivon.ivon_hess_init, beta1=ivon.ivon_beta1, beta2=ivon.ivon_beta2,
+                                  weight_decay=ivon.ivon_weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
         accelerator.print(
             f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(self.features['train'])} train / "
             f"{len(self.features['validation'])} validation rows; {run.model.name} ({self.arch}), "
             f"{sum(p.numel() for p in trainable.values()):,} trainable parameters; {accelerator.num_processes} process(es)")
-        return self.model, torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
+        return self.model, optimizer
 
 
 def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
@@ -317,6 +344,15 @@ def save_adapter(inner, folder: Path, accelerator) -> None:
     if accelerator.is_main_process:
         with atomic_dir(folder) as tmp:
             inner.save_adapter(tmp, state)
+
+
+def save_ivon_model(inner, optimizer, folder: Path, accelerator) -> None:
+    """IVON's posterior (mean = the current weights, the Hessian estimate) beside an adapter at its mean."""
+    posterior = IvonPosterior.from_optimizer(optimizer, inner.trainable_state())
+    if accelerator.is_main_process:
+        with atomic_dir(folder) as tmp:
+            inner.save_adapter(tmp, full_tensors(inner.trainable_state()))
+            posterior.save(tmp)
 
 
 def save_swag_model(inner, posterior: SwagPosterior, folder: Path, run: RunConfig, accelerator) -> None:

@@ -1,0 +1,190 @@
+"""The Bayesian-LoRA methods beside SWAG: last-layer SWAG (one backbone pass per batch), Laplace-LoRA (laplace-torch;
+last-layer Laplace by closed form and against laplace-torch's own Jacobians) and IVON (its posterior is its Hessian
+estimate), each end to end through the evaluation scripts."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, compose, run_config, subprocess_env
+
+from swag_lora.config import parse_eval
+from swag_lora.data import get_task, load_splits
+from swag_lora.data.encode import Collator, choice_width, encode
+from swag_lora.posteriors.ivon import IvonPosterior, make_ivon
+from swag_lora.posteriors.laplace import LoraLaplace
+from swag_lora.posteriors.swag import SwagPosterior
+from swag_lora.predict.draws import draw_probs, predict_probs
+from swag_lora.predict.evaluation import evaluate, load_run, resolve_plan
+
+
+def train(tmp_path, *overrides):
+    from swag_lora.train.loop import train as train_run
+    return train_run(run_config(*TINY, f"experiment.save_folder={tmp_path}", "experiment.eval_upon_save=false", *overrides))
+
+
+def rows_of(run, n=24, split="test"):
+    task = get_task("demo")
+    feats = encode(load_splits("demo", roles=(split,))[split][:n], run.tokenizer, run.model.arch, task, 64)
+    return feats, Collator(run.tokenizer.pad_token_id, run.model.arch, choice_width(run.model.arch, task),
+                           run.tokenizer.padding_side)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny_roberta", "tiny_llama"])
+def test_last_layer_swag_bma_equals_the_s_pass_bma_with_the_same_draws(tmp_path, model):
+    rd = train(tmp_path, f"model={model}", "method=swag", "experiment.num_epochs=3", "method.swag_start=1",
+               "method.modules_to_swag=head", "method.swag_c_steps=2", "method.swag_max_num_models=4")
+    run = load_run(rd, device="cpu")
+    post = SwagPosterior.load(rd / "swag_model")
+    assert set(post.shapes) == set(run.model.head_tensors()) == set(run.named)      # the head alone
+    run.model.load_adapter(rd / "swag_model")
+    feats, coll = rows_of(run)
+    fast = draw_probs(run.model, feats, coll, 8, "swag", posterior=post, named=run.named, num_samples=5, scale=1.0, seed=4)
+    g = torch.Generator().manual_seed(4)
+    slow = []
+    for _ in range(5):          # the same draws, each through the whole network
+        SwagPosterior.write_(run.named, post.sample(1.0, generator=g))
+        run.model.eval()
+        slow.append(predict_probs(run.model, feats, coll, 8))
+    np.testing.assert_allclose(fast, np.stack(slow), atol=1e-5)
+    assert np.abs(fast[0] - fast[1]).max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("llama"), "model=tiny_llama", "method=swag", "experiment.num_epochs=2",
+                 "method.swag_start=1", "method.swag_max_num_models=2", "experiment.learning_rate=1e-2")
+
+
+def training_loader(run, n=48):
+    feats, coll = rows_of(run, n, "train")
+    return torch.utils.data.DataLoader(feats, batch_size=16, collate_fn=coll)
+
+
+@pytest.mark.slow
+def test_last_layer_laplace_diag_is_the_closed_form_ggn(llama_run):
+    """A linear letter head: the GGN diagonal of weight (c, j) is sum_n phi_nj^2 p_nc (1 - p_nc)."""
+    run = load_run(llama_run, device="cpu")
+    run.model.load_adapter(llama_run / "base_model")
+    post = LoraLaplace(run.model, run.model.head_tensors(), "diag")
+    loader = training_loader(run)
+    post.fit(loader, optimize_prior=False)     # the GGN alone
+    expected = torch.zeros_like(post.la.H)
+    run.model.eval()
+    for batch in loader:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        (phi,) = run.model.head_inputs(batch)
+        p = torch.softmax(run.model.logits_from_head((phi,), batch), -1)
+        expected += ((p * (1 - p)).T @ phi.square()).reshape(-1)
+    torch.testing.assert_close(post.la.H, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hessian", ["kron", "diag"])
+def test_last_layer_glm_on_features_equals_laplace_torch_on_the_whole_model(llama_run, hessian):
+    """The head-only predictive takes Jacobians of the head on cached features; laplace-torch takes them through
+    the whole model: the same probit predictive."""
+    from swag_lora.predict.methods import Batches, Laplace
+    run = load_run(llama_run, device="cpu")
+    run.model.load_adapter(llama_run / "base_model")
+    named = run.model.head_tensors()
+    post = LoraLaplace(run.model, named, hessian)
+    post.fit(training_loader(run))
+    feats, coll = rows_of(run, 12)
+    ev = parse_eval(compose(f"evaluation.eval_model_path={llama_run}", "evaluation.eval_method=laplace",
+                            "evaluation.laplace_subset=head", "evaluation.laplace_predictive=glm_probit",
+                            f"evaluation.laplace_hessian={hessian}", config_name="eval")).evaluation
+    ours = Laplace(ev).linearised(run.model, post, named, Batches(feats, coll, 12), None)[0]
+    batch = coll(feats)
+    batch.pop("labels")
+    reference = post.predictive(batch, "glm_probit", 1)[0].detach().numpy()
+    assert ours.shape == reference.shape == (12, 5)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_laplace_factors_are_saved_once_and_reused(llama_run, monkeypatch):
+    def evaluate_laplace():
+        plan = resolve_plan(parse_eval(compose(f"evaluation.eval_model_path={llama_run}", "evaluation.eval_method=laplace",
+                                               "evaluation.num_samples=3", "experiment.max_eval_samples=12",
+                                               "experiment.ood_task=", f"evaluation.output_dir={llama_run / 'lap'}",
+                                               config_name="eval")))
+        return evaluate(plan, distributed=False)[0]
+    first = evaluate_laplace()
+    assert (llama_run / "laplace_model" / "all_kron.safetensors").is_file()
+    monkeypatch.setattr(LoraLaplace, "fit", lambda *a: pytest.fail("refitted although laplace_model/ holds the factors"))
+    again = evaluate_laplace()
+    assert again["metrics"]["nll"] == pytest.approx(first["metrics"]["nll"], rel=1e-6)
+    assert first["label"] == "laplace" and first["settings"]["laplace_hessian"] == "kron"
+
+
+def test_ivon_posterior_is_its_hessian_estimate():
+    """The posterior read off a trained IVON is N(params, 1 / (ess (hess + weight_decay))); samples follow it."""
+    torch.manual_seed(0)
+    w, b = torch.nn.Parameter(torch.randn(3, 4) * 0.1), torch.nn.Parameter(torch.zeros(3))
+    opt = make_ivon([w, b], lr=0.05, ess=200, hess_init=0.5, beta1=0.9, beta2=0.99, weight_decay=1e-3)
+    x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    for _ in range(20):
+        with opt.sampled_params(train=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(x @ w.T + b, y).backward()
+        opt.step()
+    post = IvonPosterior.from_optimizer(opt, {"w": w, "b": b})
+    hess = opt.param_groups[0]["hess"]
+    assert not torch.allclose(hess, torch.full_like(hess, 0.5))            # the estimate moved off its start
+    torch.testing.assert_close(post.variance(), 1 / (200 * (hess + 1e-3)))
+    torch.testing.assert_close(post.mean()["w"], w.detach())
+    g = torch.Generator().manual_seed(1)
+    draws = torch.stack([torch.cat([s["w"].flatten(), s["b"]]) for s in (post.sample(g) for _ in range(20000))])
+    np.testing.assert_allclose(draws.var(0).numpy(), post.variance().numpy(), rtol=0.06)
+
+
+@pytest.mark.slow
+def test_ivon_trains_saves_its_posterior_and_resumes_exactly(tmp_path):
+    args = [*TINY, "model=tiny_llama", "method=ivon", "experiment.num_epochs=3", "experiment.learning_rate=0.03",
+            "experiment.eval_upon_save=false", "experiment.lora_dropout=0"]
+
+    def launch(save, env=None):
+        return subprocess.run(["python", "launch_exp_hydra.py", *args, f"experiment.save_folder={save}"], cwd=REPO,
+                              env=subprocess_env(**(env or {})), capture_output=True, text=True, timeout=600)
+    assert launch(tmp_path / "ref").returncode == 0
+    assert launch(tmp_path / "cut", {"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"}).returncode != 0
+    resumed = launch(tmp_path / "cut")
+    assert resumed.returncode == 0 and "resumed from checkpoint: epoch 3" in resumed.stdout
+    a, b = (next((tmp_path / d).rglob("run_info.json")).parent for d in ("ref", "cut"))
+    info = json.loads((a / "run_info.json").read_text())
+    meta = json.loads((a / "ivon_model" / "ivon_posterior.json").read_text())
+    assert meta["ess"] == 48 and info["base_model_epoch"] is not None                 # ess = the training rows
+    for f in ("ivon_model/ivon_posterior.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/trainable.safetensors"):
+        from safetensors.torch import load_file
+        x, y = load_file(str(a / f)), load_file(str(b / f))
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_every_method_through_the_evaluation_scripts_and_the_closing_table(tmp_path, llama_run):
+    ivon = train(tmp_path / "ivon", "model=tiny_llama", "method=ivon", "experiment.num_epochs=2", "experiment.learning_rate=0.03")
+    out = tmp_path / "eval"
+    env = subprocess_env(NUM_SAMPLES="2", OOD_TASK="demo", OOD_SUBTASK="shifted")
+    env.pop("SLURM_JOB_ID", None)
+    for script, extra in [("evaluate_laplace.bash", {"MODEL_PATH": str(llama_run)}),
+                          ("evaluate_laplace.bash", {"MODEL_PATH": str(llama_run), "LAPLACE_SUBSET": "head",
+                                                     "LAPLACE_PREDICTIVE": "glm_probit", "TEMPERATURE_SCALING": "true"}),
+                          ("evaluate_ivon.bash", {"MODEL_PATH": str(ivon)})]:
+        p = subprocess.run(["bash", f"evaluate/{script}", f"evaluation.output_dir={out}", "experiment.max_eval_samples=24"],
+                           cwd=REPO, env={**env, **extra}, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+    records = [json.loads(f.read_text()) for f in out.glob("*.json")]
+    labels = {(r["label"], r["distribution"]) for r in records}
+    assert {("laplace", "id"), ("laplace", "ood"), ("ll-laplace+ts", "id"), ("ivon", "ood")} <= labels
+    assert all(np.isfinite(r["metrics"]["nll"]) for r in records) and len({f.stem for f in out.glob("*.png")}) == len(records)
+    from swag_lora.predict.evaluation import default_table
+    run = run_config(*TINY, "model=tiny_llama", "method=ivon", "evaluation.table_methods=[map,ivon,ll-laplace]",
+                     "evaluation.num_samples=2", "experiment.max_eval_samples=16")
+    table = default_table(run, ivon)
+    assert [r["label"] for r in table if r["distribution"] == "id"] == ["map", "ivon", "ll-laplace"]
+    assert os.path.isdir(ivon / "laplace_model")
