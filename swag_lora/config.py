@@ -163,6 +163,8 @@ class SwagConfig(MethodConfig):
 class IvonConfig(MethodConfig):
     """IVON (variational learning; ivon-opt): the LoRA (+ head) tensors trained by IVON instead of AdamW, whose state
     is a diagonal Gaussian posterior (saved in ivon_model/ at the lowest validation loss of its mean)."""
+    ivon_learning_rate: float | None = opt("IVON's learning rate (its updates are rescaled by the Hessian: 0.1-0.5 where "
+                                           "AdamW takes 1e-3); null: experiment.learning_rate", check="positive")
     ivon_ess: float | None = opt("effective sample size (null: the number of training rows)", check="positive")
     ivon_hess_init: float = opt("initial Hessian estimate", check="positive")
     ivon_beta1: float = opt("momentum of the gradient", check="fraction0")
@@ -530,7 +532,8 @@ def default_exp_name(run: RunConfig) -> str:
         name += (f"_swag{m.swag_start}-{m.swag_learning_rate:g}-{m.swag_anneal_strategy}-k{m.swag_max_num_models}"
                  + (f"-c{m.swag_c_steps}st" if m.swag_c_steps else "") + ("-head" if m.modules_to_swag == "head" else ""))
     if isinstance(m, IvonConfig):
-        name += f"_ivon-h{m.ivon_hess_init:g}" + (f"-ess{m.ivon_ess:g}" if m.ivon_ess else "")
+        name += (f"_ivon-lr{m.ivon_learning_rate or exp.learning_rate:g}-h{m.ivon_hess_init:g}"
+                 + (f"-ess{m.ivon_ess:g}" if m.ivon_ess else ""))
     return name
 
 

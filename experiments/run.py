@@ -1,0 +1,112 @@
+"""Run one evidence protocol end to end: python experiments/run.py experiments/<protocol>/protocol.yaml
+
+Trains every (training run x seed), evaluates every (evaluation x seed) in and out of distribution, and ends with
+`python -m swag_lora.report` over the protocol's evaluations.  It resumes where it stopped: a training run that
+finished (run_info.json) and an evaluation that finished (its marker in <out>/done/) are skipped, and a killed
+training run resumes from its checkpoint (experiment.resume=auto).  Every step is a subprocess with one thread,
+logged to <out>/logs/.  CPU seconds per step go to <out>/timings.json.
+
+protocol.yaml:
+    out: results/experiments/<protocol>          # where runs, evaluations and the report go
+    seeds: [0, 1, 2]
+    common: [overrides for every training run]   # e.g. model=minilm experiment.task=rte
+    runs: {name: [overrides]}                    # one training run per name and seed
+    evaluations:                                 # each with every seed, on the ID task and each OOD task
+      - {name: map, run: swag, method: base, overrides: []}
+      - {name: ensemble, runs: map, method: ensemble}          # members: the runs of every seed
+    ood: [[task, subtask], ...]
+    eval_common: [overrides for every evaluation]
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step(out: Path, key: str, command: list[str], timings: dict) -> None:
+    """Run `command` unless its marker says it finished; record its CPU and wall time."""
+    marker = out / "done" / f"{key}.done"
+    if marker.exists():
+        return
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cpu0, t0 = cpu_seconds(), time.time()
+    print(f"[run] {key}", flush=True)
+    with open(out / "logs" / f"{key}.log", "w") as log:
+        rc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"error: step {key} failed (exit {rc}); see {out / 'logs' / (key + '.log')}")
+    timings[key] = {"cpu_seconds": round(cpu_seconds() - cpu0, 1), "wall_seconds": round(time.time() - t0, 1)}
+    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("")
+
+
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    found = [p.parent for p in (out / "runs" / name).rglob("run_info.json") if f"_seed{seed}_" in p.parent.name]
+    if len(found) != 1:
+        raise SystemExit(f"error: expected one finished run {name} seed {seed} under {out / 'runs' / name}, found {found}")
+    return found[0]
+
+
+def main(argv: list[str]) -> int:
+    protocol = yaml.safe_load(Path(argv[0]).read_text())
+    out = REPO / protocol["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    python = sys.executable
+    seeds = protocol["seeds"]
+    only = set(argv[1:])            # optional: names of steps to run (e.g. one seed: seed=0)
+    for name, overrides in protocol["runs"].items():
+        for seed in seeds:
+            if only and f"seed={seed}" not in only:
+                continue
+            step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *protocol["common"], *overrides,
+                                                   f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
+                                                   "experiment.eval_upon_save=false"], timings)
+    targets = [("", "")] + [tuple(t) for t in protocol.get("ood", [])]
+    for ev in protocol["evaluations"]:
+        for seed in seeds:
+            if only and f"seed={seed}" not in only:
+                continue
+            if "runs" in ev:        # several members: every seed's run (one evaluation, recorded under seed 0)
+                if seed != seeds[0]:
+                    continue
+                paths = ",".join(f'"{run_dir(out, ev["runs"], s)}"' for s in seeds)
+                where = [f"evaluation.eval_model_paths=[{paths}]"]
+            else:
+                where = [f"evaluation.eval_model_path={run_dir(out, ev['run'], seed)}"]
+            for i, (task, subtask) in enumerate(targets):
+                ood = [] if not task else [f"experiment.ood_task={task}", f"experiment.ood_subtask={subtask}",
+                                           "evaluation.only_ood=" + ("true" if i > 1 else "false")]
+                if not task and protocol.get("ood"):
+                    continue        # the in-distribution rows are scored with the first OOD task
+                step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",
+                     [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
+                      *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
+                      f"evaluation.output_dir={out / 'eval' / ev['name']}"], timings)
+    (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
+    step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
+                         "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"], timings)
+    total = sum(v["cpu_seconds"] for v in timings.values())
+    print(f"[done] {out}: {len(timings)} steps, {total / 3600:.2f} CPU hours")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
