@@ -366,8 +366,116 @@ def bench_checkpoint(quick: bool) -> None:
            f"{ours / 2**20:.0f} MiB vs {full / 2**30:.1f} GiB")
 
 
+# ---------------------------------------------------------------- 5. the methods beside SWAG
+def bench_methods(quick: bool) -> None:
+    """Evaluation cost of each method over one MAP pass, Laplace fitting against one training epoch, and an IVON
+    step against an AdamW step -- the demo's MiniLM, every ratio against a baseline timed in the same run."""
+    from swag_lora.config import evaluation_config
+    from swag_lora.data import load_splits
+    from swag_lora.data.encode import Collator, encode
+    from swag_lora.posteriors.ivon import IvonPosterior, make_ivon
+    from swag_lora.posteriors.laplace import LoraLaplace
+    from swag_lora.predict.draws import draw_probs
+    from swag_lora.predict.methods import Batches, Laplace
+    S, reps = 10, 3 if quick else 5
+    cfg, task, tok, model = _demo_model("minilm")
+    model.eval()
+    test = encode(load_splits("demo", "shifted", roles=("test",)).test[: 200 if quick else 400], tok, model.arch, task,
+                  cfg.model.max_length)
+    train = encode(load_splits("demo", roles=("train",)).train, tok, model.arch, task, cfg.model.max_length)
+    coll = Collator(tok.pad_token_id, model.arch, model.num_choices, tok.padding_side)
+    loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=True, collate_fn=coll,
+                                         generator=torch.Generator().manual_seed(0))
+    trained, head = model.trainable_state(), model.head_tensors()
+    g = torch.Generator().manual_seed(0)
+
+    def noisy(named):
+        return [{n: t.detach() + 0.01 * torch.randn(t.shape, generator=g) for n, t in named.items()} for _ in range(S)]
+    swag = SwagPosterior.from_named_tensors(trained, max_rank=10)
+    ll_swag = SwagPosterior.from_named_tensors(head, max_rank=10)
+    for _ in range(10):
+        swag.collect(noisy(trained)[0])
+        ll_swag.collect(noisy(head)[0])
+    t0 = time.perf_counter()
+    la_head = LoraLaplace(model, head, "kron")
+    la_head.fit(torch.utils.data.DataLoader(train, batch_size=64, collate_fn=coll))
+    t_fit_head = time.perf_counter() - t0
+    ev = evaluation_config(["evaluation.eval_method=laplace", "evaluation.laplace_subset=head",
+                            "evaluation.laplace_predictive=glm_mc", f"evaluation.num_samples={S}"])
+    ll_laplace = Laplace(ev)
+    ivon_post = IvonPosterior({n: t.shape for n, t in trained.items()}, torch.cat([t.detach().flatten() for t in trained.values()]),
+                              torch.full((sum(t.numel() for t in trained.values()),), 5.0), ess=800, weight_decay=1e-4)
+    runs = {
+        "MC dropout": lambda: draw_probs(model, test, coll, 64, "dropout", num_samples=S),
+        "SWAG (LoRA + head)": lambda: draw_probs(model, test, coll, 64, "swag", posterior=swag, named=trained, num_samples=S),
+        "last-layer SWAG": lambda: draw_probs(model, test, coll, 64, "swag", posterior=ll_swag, named=head, num_samples=S),
+        "last-layer Laplace (GLM, MC)": lambda: ll_laplace.linearised(model, la_head, head, Batches(test, coll, 64), g),
+        "IVON": lambda: draw_probs(model, test, coll, 64, "weights", named=trained, samples=[ivon_post.sample(g) for _ in range(S)]),
+    }
+    base = lambda: draw_probs(model, test, coll, 64, "base")   # noqa: E731
+    for name, fn in runs.items():
+        t_method, t_map, ratio = paired(fn, base, reps)
+        target = "<= 1.2" if name.startswith("last-layer") else "info"
+        record(f"methods evaluation {name} S={S} / one MAP pass", ratio, target, ratio <= 1.2 or target == "info",
+               f"{t_method:.2f}s vs {t_map:.3f}s over {len(test)} rows")
+
+    def one_epoch(optimizer, ivon=False):
+        model.train()
+        t = time.perf_counter()
+        for batch in loader:
+            labels = batch.pop("labels")
+            if ivon:
+                with optimizer.sampled_params(train=True):
+                    optimizer.zero_grad()
+                    torch.nn.functional.cross_entropy(model(**batch), labels).backward()
+            else:
+                torch.nn.functional.cross_entropy(model(**batch), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        return time.perf_counter() - t
+    params = list(trained.values())
+    saved = {n: t.detach().clone() for n, t in trained.items()}
+    adamw, ivon = torch.optim.AdamW(params, lr=1e-4), make_ivon(params, lr=0.01, ess=800, hess_init=1.0, beta1=0.9,
+                                                              beta2=0.99999, weight_decay=1e-4)
+    epochs = {"adamw": [], "ivon": []}
+    for r in range(2 if quick else 3):
+        epochs["adamw"].append(one_epoch(adamw))
+        epochs["ivon"].append(one_epoch(ivon, ivon=True))
+    SwagPosterior.write_(trained, saved)
+    t_adamw, t_ivon = statistics.median(epochs["adamw"]), statistics.median(epochs["ivon"])
+    record("methods training IVON step / AdamW step", t_ivon / t_adamw, "info", True,
+           f"epochs of {len(loader)} steps: {t_ivon:.2f}s vs {t_adamw:.2f}s (median of {len(epochs['adamw'])}, alternating)")
+    record("methods Laplace fit, last layer (KFAC) / one training epoch", t_fit_head / t_adamw, "info", True,
+           f"{t_fit_head:.2f}s over {len(train)} rows vs {t_adamw:.2f}s")
+    t0 = time.perf_counter()
+    LoraLaplace(model, trained, "kron").fit(torch.utils.data.DataLoader(train, batch_size=64, collate_fn=coll))
+    record("methods Laplace fit, LoRA + head (KFAC) / one training epoch", (time.perf_counter() - t0) / t_adamw, "info", True,
+           f"{time.perf_counter() - t0:.2f}s over {len(train)} rows vs {t_adamw:.2f}s")
+    rows = 32
+    t0 = time.perf_counter()
+    la_all = LoraLaplace(model, trained, "diag")
+    la_all.fit(torch.utils.data.DataLoader(train[:rows], batch_size=32, collate_fn=coll), optimize_prior=False)
+    t_diag = (time.perf_counter() - t0) * len(train) / rows
+    record("methods Laplace fit, LoRA + head (diagonal, exact) / one training epoch", t_diag / t_adamw, "info", True,
+           f"extrapolated from {rows} rows: {t_diag:.0f}s for {len(train)} rows (curvlinops' exact GGN diagonal)")
+    batch = coll(test[:rows])
+    batch.pop("labels")
+    la_all = LoraLaplace(model, trained, "kron")
+    la_all.fit(torch.utils.data.DataLoader(train[:128], batch_size=64, collate_fn=coll), optimize_prior=False)
+    t_map = median_time(lambda: draw_probs(model, test[:rows], coll, 64, "base"), reps)
+    t0 = time.perf_counter()
+    la_all.predictive(batch, "glm_probit", 1)
+    record("methods evaluation Laplace (LoRA + head, GLM probit) / one MAP pass", (time.perf_counter() - t0) / t_map,
+           "info", True, f"{rows} rows: Jacobians of every LoRA tensor per row and class (laplace-torch)")
+    t_nn, t_base, ratio = paired(lambda: draw_probs(model, test, coll, 64, "weights", named=trained, samples=la_all.sample(S, g)),
+                                 base, reps)
+    record(f"methods evaluation Laplace (LoRA + head, weight samples) S={S} / one MAP pass", ratio, "info", True,
+           f"{t_nn:.2f}s vs {t_base:.3f}s")
+
+
 BENCHES = {"posterior": bench_posterior, "training": bench_training, "evaluation": bench_evaluation,
-           "checkpoint": bench_checkpoint}
+           "checkpoint": bench_checkpoint, "methods": bench_methods}
 
 
 READING = """

@@ -91,9 +91,10 @@ def main(argv: list[str]) -> int:
                 where = [f"evaluation.eval_model_paths=[{paths}]"]
             else:
                 where = [f"evaluation.eval_model_path={run_dir(out, ev['run'], seed)}"]
-            for i, (task, subtask) in enumerate(targets):
-                ood = [] if not task else [f"experiment.ood_task={task}", f"experiment.ood_subtask={subtask}",
-                                           "evaluation.only_ood=" + ("true" if i > 1 else "false")]
+            for task, subtask in targets:
+                # every OOD evaluation scores the in-distribution rows again (the same numbers): detection metrics
+                # (AUROC of max-prob, entropy, mutual information) need both sets of draws
+                ood = [] if not task else [f"experiment.ood_task={task}", f"experiment.ood_subtask={subtask}"]
                 if not task and protocol.get("ood"):
                     continue        # the in-distribution rows are scored with the first OOD task
                 step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",

@@ -240,6 +240,11 @@ def parse_eval(cfg: DictConfig) -> EvalConfig:
     return evaluation
 
 
+def evaluation_config(overrides: list[str] | None = None) -> EvaluationConfig:
+    """The evaluation settings of conf/eval.yaml with `overrides` (no run needed: for library use and benchmarks)."""
+    return _build(EvaluationConfig, _container(compose("eval", overrides))["evaluation"], "evaluation")
+
+
 def validate_eval(cfg: EvalConfig) -> None:
     from swag_lora.predict.methods import METHODS
     evaluation, overrides = cfg.evaluation, cfg.experiment
