@@ -439,7 +439,7 @@ def bench_methods(quick: bool) -> None:
     adamw, ivon = torch.optim.AdamW(params, lr=1e-4), make_ivon(params, lr=0.01, ess=800, hess_init=1.0, beta1=0.9,
                                                               beta2=0.99999, weight_decay=1e-4)
     epochs = {"adamw": [], "ivon": []}
-    for r in range(2 if quick else 3):
+    for _ in range(2 if quick else 3):
         epochs["adamw"].append(one_epoch(adamw))
         epochs["ivon"].append(one_epoch(ivon, ivon=True))
     SwagPosterior.write_(trained, saved)

@@ -1,7 +1,6 @@
 """Real 2-process DDP on CPU (gloo): the posterior equals the single-process one with the same global
 batch, logged losses are means (not sums) over processes, and both ranks use one run directory."""
 import csv
-import os
 import subprocess
 import sys
 

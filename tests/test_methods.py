@@ -66,6 +66,7 @@ def training_loader(run, n=48):
 
 @pytest.mark.slow
 def test_last_layer_laplace_diag_is_the_closed_form_ggn(llama_run):
+    pytest.importorskip("laplace", reason="laplace-torch is not installed (pip install --no-deps -r requirements-laplace.txt)")
     """A linear letter head: the GGN diagonal of weight (c, j) is sum_n phi_nj^2 p_nc (1 - p_nc)."""
     run = load_run(llama_run, device="cpu")
     run.model.load_adapter(llama_run / "base_model")
@@ -85,6 +86,7 @@ def test_last_layer_laplace_diag_is_the_closed_form_ggn(llama_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("hessian", ["kron", "diag"])
 def test_last_layer_glm_on_features_equals_laplace_torch_on_the_whole_model(llama_run, hessian):
+    pytest.importorskip("laplace", reason="laplace-torch is not installed (pip install --no-deps -r requirements-laplace.txt)")
     """The head-only predictive takes Jacobians of the head on cached features; laplace-torch takes them through
     the whole model: the same probit predictive."""
     from swag_lora.predict.methods import Batches, Laplace
@@ -107,6 +109,7 @@ def test_last_layer_glm_on_features_equals_laplace_torch_on_the_whole_model(llam
 
 @pytest.mark.slow
 def test_laplace_factors_are_saved_once_and_reused(llama_run, monkeypatch):
+    pytest.importorskip("laplace", reason="laplace-torch is not installed (pip install --no-deps -r requirements-laplace.txt)")
     def evaluate_laplace():
         plan = resolve_plan(parse_eval(compose(f"evaluation.eval_model_path={llama_run}", "evaluation.eval_method=laplace",
                                                "evaluation.num_samples=3", "experiment.max_eval_samples=12",
@@ -167,6 +170,7 @@ def test_ivon_trains_saves_its_posterior_and_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_every_method_through_the_evaluation_scripts_and_the_closing_table(tmp_path, llama_run):
+    pytest.importorskip("laplace", reason="laplace-torch is not installed (pip install --no-deps -r requirements-laplace.txt)")
     ivon = train(tmp_path / "ivon", "model=tiny_llama", "method=ivon", "experiment.num_epochs=2", "experiment.learning_rate=0.03")
     out = tmp_path / "eval"
     env = subprocess_env(NUM_SAMPLES="2", OOD_TASK="demo", OOD_SUBTASK="shifted")

@@ -1,7 +1,6 @@
 """Pre-emption: a run killed (SIGKILL) or signalled (SIGUSR1) and resumed with the same command ends with
 the same posterior and adapter as an uninterrupted run; corrupt checkpoints fall back or fail clearly."""
 import json
-import os
 import subprocess
 import sys
 

@@ -10,7 +10,7 @@ from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule
 
 from swag_lora.train.schedule import LRSchedule
 
-pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+pytestmark = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 
 BUILDERS = {"constant": get_constant_schedule_with_warmup, "linear": get_linear_schedule_with_warmup,
             "cosine": get_cosine_schedule_with_warmup, "cosine_hard_restarts": get_cosine_with_hard_restarts_schedule_with_warmup}
