@@ -164,3 +164,14 @@ def test_boolq_loader_on_the_real_dev_file(shared_data, tmp_path):
     first = s.test[0]
     assert first["text"] == "does ethanol take more energy make that produces" and first["label"] == 0
     assert first["choices"] == ["no", "yes"] and first["text_pair"].startswith("All biomass goes through")
+
+
+def test_binary_classifiers_read_another_tasks_labels_by_their_yes_class():
+    """An RTE classifier (0 = entailment) scores MRPC (1 = equivalent): MRPC's labels are flipped to its classes."""
+    from swag_lora.data.tasks import label_alignment
+    assert label_alignment(get_task("rte"), get_task("mrpc")) == [1, 0]
+    assert label_alignment(get_task("rte"), get_task("qnli")) == [0, 1]
+    assert label_alignment(get_task("mrpc"), get_task("sst2")) == [0, 1]
+    assert label_alignment(get_task("rte"), get_task("rte")) == [0, 1]
+    assert label_alignment(get_task("demo"), get_task("rte")) is None          # four topics vs two classes
+    assert label_alignment(get_task("mnli"), get_task("rte")) is None

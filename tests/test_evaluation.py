@@ -241,3 +241,24 @@ def test_report_groups_seeds_with_paired_differences(runs, tmp_path):
     d = np.mean([recs[("swag", s)] - recs[("map", s)] for s in (0, 1)])
     assert f"{d:.4f}" in swag_row
     assert (tmp_path / "report.csv").is_file() and (tmp_path / "report.png").is_file()
+
+
+@pytest.mark.slow
+def test_rte_classifier_scores_mrpc_with_aligned_labels(shared_data, tmp_path):
+    from swag_lora.config import parse_eval
+    from swag_lora.data.raw import raw_datasetdict
+    from swag_lora.predict.evaluation import evaluate, resolve_plan
+    from swag_lora.train.loop import train
+    for task in ("rte", "mrpc"):
+        raw_datasetdict(task, shared_data / task).save_to_disk(str(tmp_path / "data" / task))
+    rd = train(run_config(*TINY, "model=tiny_roberta", "method=map", "experiment.task=rte", "experiment.num_epochs=1",
+                          "experiment.offline=true", f"experiment.data_path={tmp_path / 'data'}",
+                          f"experiment.save_folder={tmp_path}", "experiment.eval_upon_save=false"))
+    plan = resolve_plan(parse_eval(compose("evaluation.eval_method=base", f"evaluation.eval_model_path={rd}",
+                                           "experiment.ood_task=mrpc", "experiment.max_eval_samples=40",
+                                           f"evaluation.output_dir={tmp_path / 'eval'}", config_name="eval")))
+    ood = next(r for r in evaluate(plan, distributed=False) if r["distribution"] == "ood")
+    raw = [r["label"] for r in raw_datasetdict("mrpc", shared_data / "mrpc")["validation"]][:40]
+    npz = np.load(tmp_path / "eval" / f"{ood['name']}.npz")
+    np.testing.assert_array_equal(npz["labels"], 1 - np.array(raw))    # MRPC's equivalent (1) is RTE's entailment (0)
+    assert "labels as the classifier's: [1, 0]" in ood["split_source"]

@@ -97,6 +97,7 @@ class Task:
     report_mcc: bool = False
     regression: bool = False
     original_choices: int | None = None        # the original kept only questions with this many choices
+    positive: int | None = None                # binary tasks: the "yes" class (entailment, equivalent, acceptable, ...)
 
     def config_for(self, subtask: str) -> str | None:
         return subtask if (subtask and self.subtasks) else self.hub_config
@@ -133,20 +134,20 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("swag", "allenai/swag", "mc", _swag, CARVED, 4, hub_config="regular"),
     Task("winogrande", "allenai/winogrande", "mc", _winogrande, CARVED, 2, hub_config="winogrande_xl",
          subtasks=("winogrande_xs", "winogrande_s", "winogrande_m", "winogrande_l", "winogrande_xl", "winogrande_debiased")),
-    Task("boolq", "google/boolq", "cls", _boolq, CARVED, 2, prompt="Is the answer to the question yes or no?",
+    Task("boolq", "google/boolq", "cls", _boolq, CARVED, 2, prompt="Is the answer to the question yes or no?", positive=1,
          text_names=("Question", "Passage")),
-    _glue("cola", "sentence", None, ("unacceptable", "acceptable"), "Is this sentence grammatically acceptable?"),
-    _glue("sst2", "sentence", None, ("negative", "positive"), "Is the sentiment of this sentence negative or positive?"),
-    _glue("mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), "Do the two sentences mean the same thing?"),
+    _glue("cola", "sentence", None, ("unacceptable", "acceptable"), "Is this sentence grammatically acceptable?", positive=1),
+    _glue("sst2", "sentence", None, ("negative", "positive"), "Is the sentiment of this sentence negative or positive?", positive=1),
+    _glue("mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), "Do the two sentences mean the same thing?", positive=1),
     _glue("qqp", "question1", "question2", ("not_duplicate", "duplicate"), "Do the two questions ask the same thing?",
-          text_names=("Question", "Question 2")),
+          text_names=("Question", "Question 2"), positive=1),
     _glue("stsb", "sentence1", "sentence2", ("score",), "How similar are the two sentences?", regression=True),
     _glue("mnli", "premise", "hypothesis", ("entailment", "neutral", "contradiction"),
           "Does the premise entail the hypothesis?", text_names=("Premise", "Hypothesis")),
     _glue("qnli", "question", "sentence", ("entailment", "not_entailment"), "Does the sentence answer the question?",
-          text_names=("Question", "Sentence")),
-    _glue("rte", "sentence1", "sentence2", ("entailment", "not_entailment"), "Does the first sentence entail the second?"),
-    _glue("wnli", "sentence1", "sentence2", ("not_entailment", "entailment"), "Does the first sentence entail the second?"),
+          text_names=("Question", "Sentence"), positive=0),
+    _glue("rte", "sentence1", "sentence2", ("entailment", "not_entailment"), "Does the first sentence entail the second?", positive=0),
+    _glue("wnli", "sentence1", "sentence2", ("not_entailment", "entailment"), "Does the first sentence entail the second?", positive=1),
 ]}
 
 
@@ -180,6 +181,16 @@ def check_subtask(task: Task, subtask: str, key: str = "experiment.subtask") -> 
         if len(task.subtasks) > 12:
             allowed = ", ".join(task.subtasks[:6]) + f", ... ({len(task.subtasks)} in all)"
         raise ValueError(f"unknown {key} {subtask!r} for task {task.name!r}; allowed: {allowed}")
+
+
+def label_alignment(trained: Task, other: Task) -> list[int] | None:
+    """How a classifier trained on `trained` reads `other`'s labels: `other` label i -> `trained` class map[i], by
+    their "yes" classes (RTE's entailment is MRPC's equivalent).  None when the two cannot be matched."""
+    if trained.name == other.name:
+        return list(range(other.num_choices))
+    if trained.num_choices != 2 or other.num_choices != 2 or trained.positive is None or other.positive is None:
+        return None
+    return [0, 1] if trained.positive == other.positive else [1, 0]
 
 
 def mmlu_subjects(subtask: str) -> tuple[str, ...]:

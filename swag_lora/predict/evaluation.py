@@ -14,6 +14,7 @@ from swag_lora import metrics
 from swag_lora.config import (TABLE_METHODS, ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig,
                               find_run_dir, go_offline, load_run_config)
 from swag_lora.data import get_task, load_splits
+from swag_lora.data.tasks import label_alignment
 from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.data.loading import held_out_validation
 from swag_lora.model import load_model, swag_tensors
@@ -147,9 +148,10 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
             rows: list[dict] | None = None, source: str = "") -> tuple[Batches, dict]:
     """The rows of one split (or given `rows`), encoded as the run was trained, checked against what it can score."""
     task, train_task, arch = get_task(task_name), get_task(run.config.experiment.task), run.model.arch
-    if arch == "seq_cls" and (task.format != "cls" or task.num_choices != train_task.num_choices):
+    alignment = label_alignment(train_task, task) if arch == "seq_cls" else None
+    if arch == "seq_cls" and (task.format != "cls" or alignment is None):
         raise ConfigError(f"task {task_name!r} ({task.num_choices} labels) cannot be scored by a classifier trained on "
-                          f"{train_task.name!r} ({train_task.num_choices} labels)")
+                          f"{train_task.name!r} ({train_task.num_choices} labels): no correspondence of their classes")
     if arch == "multiple_choice" and task.format != "mc":
         raise ConfigError(f"task {task_name!r} is classification; the model was trained for multiple choice on {train_task.name!r}")
     exp = run.config.experiment
@@ -159,6 +161,9 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
         rows, source = splits[split], splits.source["splits"][split]
     rows = rows[: plan.max_eval_samples or None]
     feats = encode(rows, run.tokenizer, arch, task, run.config.model.max_length, exp.prompt_style)
+    if alignment is not None and alignment != list(range(task.num_choices)):   # e.g. MRPC's equivalent = RTE's entailment
+        feats = [{**f, "label": alignment[f["label"]]} for f in feats]
+        source += f" (labels as the classifier's: {alignment})"
     width = run.model.num_choices if arch != "multiple_choice" else choice_width(arch, task)
     collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
     info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
