@@ -7,6 +7,8 @@ Each benchmark is a ratio against a baseline measured in the same run (medians o
 2. training    epoch time with SWAG collection / the same run with collection off (tiny Llama, MiniLM)
 3. evaluation  S-sample SWAG evaluation / (S x one MAP evaluation); length-sorted vs padded-to-longest
 4. checkpoint  the SWAG files vs a full-model save (the original's), measured and computed for Llama-2-7B
+5. methods     each evaluation method's cost / one MAP pass (last-layer SWAG and Laplace, SWAG, dropout, IVON);
+               Laplace fitting / one training epoch; an IVON step / an AdamW step (`--only methods`)
 
     python bench/run.py --quick          # reduced, <= 5 min on 2 cores; one line per benchmark; exit 1 on a miss
     python bench/run.py                  # full; also writes BENCHMARKS.md
@@ -154,7 +156,9 @@ def bench_posterior(quick: bool) -> None:
             src = torch.randn(P, device=dev)
 
             def floor_collect():   # read the snapshot, read+write mean and second moment, write one column
-                a.copy_(src); b.copy_(a); c.copy_(b)
+                a.copy_(src)
+                b.copy_(a)
+                c.copy_(b)
             def collect():
                 post.collect(named)
             t_collect, t_floor, ratio = paired(collect, floor_collect, reps)

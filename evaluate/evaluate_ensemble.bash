@@ -10,7 +10,7 @@
 # in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
 #   bash evaluate/evaluate_ensemble.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_ensemble.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
-# Every variable below can be set from the environment, e.g. MODEL_PATH=results/... bash evaluate/evaluate_ensemble.bash
+# Every variable below can be set from the environment, e.g. PATHS="results/.../run_seed0_<fp> results/.../run_seed1_<fp>" bash evaluate/evaluate_ensemble.bash
 # Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/evaluate.sh).
 # Extra arguments are passed on as Hydra overrides.
 set -euo pipefail

@@ -16,7 +16,7 @@
 # Also: OOD_BATCH_SIZE, SWAG_COV_MAT, ONLY_OOD, SEED, TEMPERATURE_SCALING, OFFLINE, DATA_PATH (scripts/evaluate.sh).
 # Extra arguments are passed on as Hydra overrides.
 set -euo pipefail
-MODEL_PATH="${MODEL_PATH:-}"        # a run directory: <save_folder>/<task>/<model>/<method>/<exp_name>
+MODEL_PATH="${MODEL_PATH:-}"        # a run directory: <save_folder>/<task>/<model>/<method>/<name>_seed<N>_<fingerprint>
 TASK="${TASK:-}"
 SUBTASK="${SUBTASK:-}"
 OOD_TASK="${OOD_TASK:-}"

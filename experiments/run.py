@@ -1,10 +1,12 @@
-"""Run one evidence protocol end to end: python experiments/run.py experiments/<protocol>/protocol.yaml
+"""Run one evidence protocol end to end: python experiments/run.py experiments/<protocol>/protocol.yaml [seed=N] [run=NAME]
 
 Trains every (training run x seed), evaluates every (evaluation x seed) in and out of distribution, and ends with
 `python -m swag_lora.report` over the protocol's evaluations.  It resumes where it stopped: a training run that
 finished (run_info.json) and an evaluation that finished (its marker in <out>/done/) are skipped, and a killed
 training run resumes from its checkpoint (experiment.resume=auto).  Every step is a subprocess with one thread,
-logged to <out>/logs/.  CPU seconds per step go to <out>/timings.json.
+logged to <out>/logs/.  CPU seconds per step go to <out>/timings.json.  `seed=N` runs one seed (its trainings and
+single-run evaluations); `run=NAME` runs one training run and the evaluations that read it, so that a partial protocol
+already has results.
 
 protocol.yaml:
     out: results/experiments/<protocol>          # where runs, evaluations and the report go
@@ -67,27 +69,32 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 def main(argv: list[str]) -> int:
     protocol = yaml.safe_load(Path(argv[0]).read_text())
     out = REPO / protocol["out"]
+    seeds = protocol["seeds"]
+    only = dict(a.split("=", 1) if "=" in a else (a, None) for a in argv[1:])   # optional filters: seed=0, run=swag
+    allowed = f"allowed: seed=<one of {seeds}>, run=<one of {list(protocol['runs'])}>"
+    if set(only) - {"seed", "run"} or ("run" in only and only["run"] not in protocol["runs"]) \
+            or ("seed" in only and only["seed"] not in map(str, seeds)):
+        raise SystemExit(f"error: bad filter {' '.join(argv[1:])}; {allowed}")
+    seeds = [s for s in seeds if str(s) == only.get("seed", str(s))]
     out.mkdir(parents=True, exist_ok=True)
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     python = sys.executable
-    seeds = protocol["seeds"]
-    only = set(argv[1:])            # optional: names of steps to run (e.g. one seed: seed=0)
     for name, overrides in protocol["runs"].items():
+        if only.get("run", name) != name:
+            continue
         for seed in seeds:
-            if only and f"seed={seed}" not in only:
-                continue
             step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *protocol["common"], *overrides,
                                                    f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
                                                    "experiment.eval_upon_save=false"], timings)
     targets = [("", "")] + [tuple(t) for t in protocol.get("ood", [])]
     for ev in protocol["evaluations"]:
+        if only.get("run", ev.get("run", ev.get("runs"))) != ev.get("run", ev.get("runs")):
+            continue
         for seed in seeds:
-            if only and f"seed={seed}" not in only:
-                continue
             if "runs" in ev:        # several members: every seed's run (one evaluation, recorded under seed 0)
-                if seed != seeds[0]:
+                if seed != seeds[0] or "seed" in only:
                     continue
-                paths = ",".join(f'"{run_dir(out, ev["runs"], s)}"' for s in seeds)
+                paths = ",".join(f'"{run_dir(out, ev["runs"], s)}"' for s in protocol["seeds"])
                 where = [f"evaluation.eval_model_paths=[{paths}]"]
             else:
                 where = [f"evaluation.eval_model_path={run_dir(out, ev['run'], seed)}"]

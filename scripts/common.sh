@@ -1,4 +1,4 @@
-# Shared by train.bash, scripts/*.bash and evaluate/*.bash (sourced, not run).
+# Shared by train.bash, scripts/run_training.sh, scripts/evaluate.sh and so every evaluate/*.bash (sourced, not run).
 # Finds the repository, detects Slurm, and sets up offline mode and the launcher.
 
 # Under sbatch the script runs from a spool copy: the repository is where it was submitted from.

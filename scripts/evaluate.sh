@@ -2,6 +2,7 @@
 # finds the repository, turns the variables into Hydra overrides and runs `python -m swag_lora.evaluate`.
 # Empty task variables are left out, so the evaluated run's own task and OOD task are used.
 # shellcheck disable=SC1091
+USER_OFFLINE="${OFFLINE:-}"        # set by the user: overrides the run's experiment.offline; unset: the run's own
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 OOD_BATCH_SIZE="${OOD_BATCH_SIZE:-}"
 SWAG_COV_MAT="${SWAG_COV_MAT:-true}"
@@ -11,8 +12,8 @@ TEMPERATURE_SCALING="${TEMPERATURE_SCALING:-false}"
 DATA_PATH="${DATA_PATH:-}"
 EVAL_ARGS=(evaluation.eval_method="$METHOD" evaluation.num_samples="$NUM_SAMPLES"
            evaluation.swag_sample_scale="$SWAG_SAMPLE_SCALE" evaluation.swag_cov_mat="$SWAG_COV_MAT"
-           evaluation.only_ood="$ONLY_OOD" evaluation.seed="$SEED" evaluation.temperature_scaling="$TEMPERATURE_SCALING"
-           experiment.offline="$OFFLINE")
+           evaluation.only_ood="$ONLY_OOD" evaluation.seed="$SEED" evaluation.temperature_scaling="$TEMPERATURE_SCALING")
+[[ -n "$USER_OFFLINE" ]] && EVAL_ARGS+=(experiment.offline="$USER_OFFLINE")
 [[ -n "$TASK" ]] && EVAL_ARGS+=(experiment.task="$TASK" experiment.subtask="$SUBTASK")
 [[ -n "$OOD_TASK" ]] && EVAL_ARGS+=(experiment.ood_task="$OOD_TASK" experiment.ood_subtask="$OOD_SUBTASK")
 [[ -n "$OOD_BATCH_SIZE" ]] && EVAL_ARGS+=(experiment.ood_batch_size="$OOD_BATCH_SIZE")

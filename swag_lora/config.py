@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 def opt(help: str, *, choices: tuple | None = None, check: str | None = None, alias: str | None = None,
         optional: bool = False, default: Any = dataclasses.MISSING):
     """A config field: `help` (README), `choices` (allowed values), `check` (positive, positive_int, fraction,
-    nonneg, nonneg_int), `alias` (the original's name of the same key), `optional` (may be absent: None)."""
+    nonneg, nonneg_int), `alias` (the other name of the same setting: the original's or this project's; both
+    are accepted and kept equal), `optional` (may be absent: None)."""
     meta = {"help": help, "choices": choices, "check": check, "alias": alias, "optional": optional}
     if optional and default is dataclasses.MISSING:
         default = None
@@ -117,7 +118,7 @@ class ExperimentConfig:
     wandb_group: str = opt("W&B group")
     log_every_steps: int = opt("log the step loss every N optimizer steps (0 = never)", check="nonneg_int")
     checkpoint_every_steps: int = opt("extra checkpoints inside an epoch (0 = at epoch ends only)", check="nonneg_int")
-    eval_upon_save: bool = opt("print the evaluation table (MAP, dropout, SWA, SWAG; ID and OOD) after training",
+    eval_upon_save: bool = opt("after training, evaluate evaluation.table_methods (ID and OOD) and print the table",
                                alias="evaluate_after_training")
     evaluate_after_training: bool = opt("this project's name of eval_upon_save")
 
@@ -172,13 +173,17 @@ class IvonConfig(MethodConfig):
     ivon_weight_decay: float = opt("weight decay (the prior precision delta)", check="nonneg")
     ivon_train_samples: int = opt("weight samples (forward + backward passes) per optimizer step", check="positive_int")
 
+    def learning_rate(self, exp: ExperimentConfig) -> float:
+        """IVON's learning rate: ivon_learning_rate, or experiment.learning_rate where it is null."""
+        return self.ivon_learning_rate or exp.learning_rate
+
 
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig, "ivon": IvonConfig}
 
 
 @dataclass
 class EvaluationConfig:
-    eval_method: str = opt("the evaluation method (README, Evaluation methods)")
+    eval_method: str = opt("the evaluation method (README, Methods)")
     eval_model_path: str = opt("a run directory (or its base_model/ or swag_model/ folder)")
     eval_model_paths: list = opt("ensemble / MultiSWAG members (run directories)")
     num_samples: int = opt("dropout passes or posterior samples per member", check="positive_int")
@@ -537,7 +542,7 @@ def default_exp_name(run: RunConfig) -> str:
         name += (f"_swag{m.swag_start}-{m.swag_learning_rate:g}-{m.swag_anneal_strategy}-k{m.swag_max_num_models}"
                  + (f"-c{m.swag_c_steps}st" if m.swag_c_steps else "") + ("-head" if m.modules_to_swag == "head" else ""))
     if isinstance(m, IvonConfig):
-        name += (f"_ivon-lr{m.ivon_learning_rate or exp.learning_rate:g}-h{m.ivon_hess_init:g}"
+        name += (f"_ivon-lr{m.learning_rate(exp):g}-h{m.ivon_hess_init:g}"
                  + (f"-ess{m.ivon_ess:g}" if m.ivon_ess else ""))
     return name
 
@@ -595,9 +600,12 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 def markdown_table() -> str:
     """The README's configuration table, generated from the dataclasses above and the composed defaults
-    (experiment and evaluation keys: the default config; method keys: method=swag; model keys: per model)."""
+    (experiment and evaluation keys: the default config; method keys: method=swag, then IVON's own keys under
+    method=ivon; model keys: per model)."""
     default = OmegaConf.to_container(compose("config"), resolve=False)
     swag = OmegaConf.to_container(compose("config", ["method=swag"]), resolve=False)
+    ivon = OmegaConf.to_container(compose("config", ["method=ivon"]), resolve=False)
+    ivon_fields = [f for f in dataclasses.fields(IvonConfig) if f.name not in {g.name for g in dataclasses.fields(MethodConfig)}]
 
     def fmt(v):
         return "`null`" if v is None else '`""`' if v == "" else f"`{json.dumps(v) if isinstance(v, (list, dict)) else v}`"
@@ -605,9 +613,9 @@ def markdown_table() -> str:
               "fraction": "(0, 1)", "fraction0": "[0, 1)"}
     rows = ["| key | meaning | allowed | default |", "|---|---|---|---|"]
     for group, cls, values in (("experiment", ExperimentConfig, default["experiment"]),
-                               ("method", SwagConfig, swag["method"]), ("model", ModelConfig, None),
-                               ("evaluation", EvaluationConfig, default["evaluation"])):
-        for f in dataclasses.fields(cls):
+                               ("method", SwagConfig, swag["method"]), ("method", ivon_fields, ivon["method"]),
+                               ("model", ModelConfig, None), ("evaluation", EvaluationConfig, default["evaluation"])):
+        for f in cls if isinstance(cls, list) else dataclasses.fields(cls):
             meta = f.metadata
             if meta.get("help", "").startswith("this project's name of"):
                 continue

@@ -225,7 +225,8 @@ class ChoiceModel(nn.Module):
         unexpected, missing = sorted(set(saved) - set(keys)), sorted(set(keys) - set(saved))
         if unexpected or missing:
             raise ValueError(f"adapter in {folder} does not fit this model: "
-                             + (f"weights it lacks {unexpected[:3]}" if unexpected else f"no weights for {missing[:3]}"))
+                             + (f"the file has weights this model has not, {unexpected[:3]}" if unexpected
+                                else f"the file has no weights for {missing[:3]}"))
         values = {keys[k]: v for k, v in saved.items()}
         if self.head is not None:
             values["head.weight"] = load_file(str(folder / HEAD_FILE))["weight"]

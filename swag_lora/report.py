@@ -161,13 +161,14 @@ def _seedless(run_dir: str) -> str:
 
 
 def load_records(paths: list[str | Path]) -> list[dict]:
+    """The evaluation records among `paths`: JSON files, or folders searched recursively (a run directory, an
+    evaluation output_dir, a protocol's eval/ tree); other JSON files (run_info.json, configs) are passed over."""
     recs = []
     for p in paths:
         p = Path(p)
-        files = [p] if p.suffix == ".json" else sorted(p.rglob("eval/*.json"))
-        for f in files:
+        for f in [p] if p.suffix == ".json" else sorted(p.rglob("*.json")):
             r = json.loads(f.read_text())
-            if "metrics" in r and "method" in r:
+            if isinstance(r, dict) and {"metrics", "method", "label", "distribution"} <= r.keys():
                 r["_npz"] = str(f.with_suffix(".npz"))
                 recs.append(r)
     return recs

@@ -110,3 +110,17 @@ def test_models_from_gguf_dequantised_into_the_offline_layout(tmp_path):
     ids = tok("Question: what is 2 + 2? Answer:", return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(saved(**ids).logits, direct(**ids).logits)
+
+
+def test_evaluation_scripts_pass_offline_only_when_the_user_sets_it():
+    """Unset OFFLINE leaves the run's own experiment.offline; OFFLINE=true|false overrides it."""
+    def args(**env):
+        e = {k: v for k, v in ENV.items() if k not in ("OFFLINE", "SLURM_JOB_ID")}
+        p = subprocess.run(["bash", "evaluate/evaluate_swag.bash"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env={**e, "PYTHON": "echo", "MODEL_PATH": "some/run", **env})
+        assert p.returncode == 0, p.stderr
+        return p.stdout.split()
+    assert not [a for a in args() if a.startswith("experiment.offline")]
+    assert "experiment.offline=true" in args(OFFLINE="true")
+    assert "experiment.offline=false" in args(OFFLINE="false")
+    assert "evaluation.eval_model_path=some/run" in args() and "evaluation.num_samples=15" in args()

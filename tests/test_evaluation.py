@@ -86,7 +86,7 @@ def test_length_sorted_batches_score_every_row_once(runs):
 def test_temperature_fit_matches_grid_search():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(400, 3)) * 4
-    labels = np.array([rng.choice(3, p=np.exp(l / 4) / np.exp(l / 4).sum()) for l in logits])
+    labels = np.array([rng.choice(3, p=np.exp(row / 4) / np.exp(row / 4).sum()) for row in logits])
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     t = fit_temperature(probs, labels)
     grid = np.linspace(0.5, 8, 1501)
@@ -166,11 +166,41 @@ def test_members_must_agree(runs, tmp_path):
     b.experiment.task = "sst2"
     with pytest.raises(ConfigError, match="ensemble members disagree on task: 'demo' \\(member 0\\) vs 'sst2' \\(member 1\\)"):
         check_members([a, b], "ensemble")
+    for section, name, value in [("experiment", "lora_alpha", 99.0), ("experiment", "prompt_style", "lines"),
+                                 ("model", "max_length", 7), ("model", "modules_to_save", ["other"])]:
+        d = copy.deepcopy(a)
+        setattr(getattr(d, section), name, value)
+        with pytest.raises(ConfigError, match=f"multiswag members disagree on {name}:"):
+            check_members([a, d], "multiswag")
     c = copy.deepcopy(a)
     c.method = MapConfig(method_name="map")
     with pytest.raises(ConfigError, match="was trained with method=map; evaluation.eval_method=multiswag needs a SWAG run"):
         make_method(a.evaluation.__class__(**{**a.evaluation.__dict__, "eval_method": "multiswag", "swag_sample_scale": 1.0})
                     ).check([a, c], [runs[0], runs[1]])
+
+
+@pytest.mark.slow
+def test_temperature_is_fitted_on_the_in_distribution_task_even_when_only_ood_is_scored(runs, tmp_path):
+    from swag_lora.config import ConfigError, parse_eval
+    from swag_lora.predict.evaluation import evaluate, resolve_plan
+    def plan(*extra, run=runs[0]):
+        return resolve_plan(parse_eval(compose(f"evaluation.eval_model_path={run}", "evaluation.eval_method=swag",
+                                               "evaluation.num_samples=1", "evaluation.swag_sample_scale=0.0",
+                                               "evaluation.temperature_scaling=true", "experiment.max_eval_samples=40",
+                                               f"evaluation.output_dir={tmp_path}", *extra, config_name="eval")))
+    both = evaluate(plan("experiment.ood_task=demo", "experiment.ood_subtask=shifted"), distributed=False)
+    only = plan("experiment.ood_task=demo", "experiment.ood_subtask=shifted", "evaluation.only_ood=true")
+    assert [t[0] for t in only.targets] == ["ood"] and only.id_task == ("demo", "")
+    ood_only = evaluate(only, distributed=False)
+    assert len(ood_only) == 1 and ood_only[0]["distribution"] == "ood"
+    assert ood_only[0]["settings"]["temperature"] == pytest.approx(both[0]["settings"]["temperature"])
+    assert ood_only[0]["metrics"]["nll"] == pytest.approx(both[1]["metrics"]["nll"])
+    import shutil
+    no_ood = shutil.copytree(runs[0], tmp_path / "no_ood")     # a run trained without an OOD task
+    cfg = (no_ood / "config.yaml").read_text()
+    (no_ood / "config.yaml").write_text(cfg.replace("ood_task: auto", "ood_task: ''"))
+    with pytest.raises(ConfigError, match="only_ood=true but neither the evaluation nor the run names an OOD task"):
+        plan("evaluation.only_ood=true", run=no_ood)
 
 
 def _script(name, env, *args):
@@ -200,6 +230,7 @@ def test_bash_scripts_end_to_end_and_report(runs, tmp_path):
     assert ts["label"] == "swa+ts" and ts["settings"]["temperature"] > 0 and ts["settings"]["temperature_scaling"]
     from swag_lora.report import aggregate, load_records
     labels = sorted(r["method"] for r in aggregate(load_records(sorted(out.glob("*.json")))) if r["distribution"] == "id")
+    assert len(load_records([out])) == len(load_records(sorted(out.glob("*.json")))) == 14    # an eval folder as a path
     assert labels.count("swa") == 1 and labels.count("swa+ts") == 1
     rec = json.loads((out / "ensemble_m2_ood_demo_shifted_test.json").read_text())
     assert rec["settings"]["num_draws"] == 2 and rec["num_examples"] == 40

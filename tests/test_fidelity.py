@@ -1,6 +1,6 @@
 """`method=swag` and the original's keys train what fortuinlab/swag-lora trained: its effective config values,
 its reload at swag_start, its MAP and SWAG save rules, and its learning rate at every optimizer step.
-The original's rules are re-stated here from its train.py, independently of swag_lora/collector.py."""
+The original's rules are re-stated here from its train.py, independently of swag_lora/train/collector.py."""
 import csv
 import json
 import math

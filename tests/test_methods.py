@@ -185,7 +185,8 @@ def test_every_method_through_the_evaluation_scripts_and_the_closing_table(tmp_p
     records = [json.loads(f.read_text()) for f in out.glob("*.json")]
     labels = {(r["label"], r["distribution"]) for r in records}
     assert {("laplace", "id"), ("laplace", "ood"), ("ll-laplace+ts", "id"), ("ivon", "ood")} <= labels
-    assert all(np.isfinite(r["metrics"]["nll"]) for r in records) and len({f.stem for f in out.glob("*.png")}) == len(records)
+    assert all(np.isfinite(r["metrics"]["nll"]) for r in records) and len({f.stem for f in out.glob("*.png") if not f.stem.endswith("_selective")}) == len(records)
+    assert {f.stem for f in out.glob("*_selective.png")} == {f.stem + "_selective" for f in out.glob("*.json")}
     from swag_lora.predict.evaluation import default_table
     run = run_config(*TINY, "model=tiny_llama", "method=ivon", "evaluation.table_methods=[map,ivon,ll-laplace]",
                      "evaluation.num_samples=2", "experiment.max_eval_samples=16")

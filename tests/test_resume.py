@@ -78,6 +78,33 @@ def test_signal_mid_epoch_checkpoints_exits_99_and_resumes_exactly(reference, tm
     assert_same_result(reference, rd)
 
 
+def test_signal_while_the_last_epoch_is_validated_exits_99_and_the_requeued_job_finishes(reference, tmp_path):
+    p = launch(tmp_path, env={"SWAG_LORA_TEST_SIGNAL_IN_VALIDATION": "4"})
+    assert p.returncode == 99, p.stderr[-2000:]
+    assert "checkpoint written after epoch 4" in p.stdout
+    rd = run_dir(tmp_path)
+    assert json.loads((rd / "checkpoint" / "state.json").read_text())["epoch"] == 4
+    assert not (rd / "run_info.json").exists()
+    p = launch(tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert_same_result(reference, rd)
+
+
+def test_step_collection_before_a_mid_epoch_checkpoint_still_counts_for_that_epochs_save(tmp_path):
+    # 6 steps per epoch, collection every 4 steps after epoch 2: steps 16, 20, 24; step 16 is the only one of
+    # epoch 3 (the first SWA loss, so a new minimum), and a run stopped at step 17 must remember it when epoch 3
+    # decides whether to save its posterior
+    steps = ("method.swag_start=2", "method.swag_c_steps=4")
+    p = launch(tmp_path / "ref", *steps)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = launch(tmp_path / "cut", *steps, env={"SWAG_LORA_TEST_SIGNAL_AT_STEP": "17"})
+    assert p.returncode == 99, p.stderr[-2000:]
+    assert json.loads((run_dir(tmp_path / "cut") / "checkpoint" / "state.json").read_text())["swag"]["collected_this_epoch"]
+    p = launch(tmp_path / "cut", *steps)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert_same_result(run_dir(tmp_path / "ref"), run_dir(tmp_path / "cut"))
+
+
 def test_corrupt_checkpoint_falls_back_to_previous_then_fails_clearly(reference, tmp_path):
     p = launch(tmp_path, env={"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "3"})
     rd = run_dir(tmp_path)

@@ -57,7 +57,9 @@ def test_swa_mean_equals_averaged_model():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(6):
         loss = model(torch.randn(8, 4)).pow(2).mean()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         swa.update_parameters(model)
         post.collect(dict(model.named_parameters()))
     ref = dict(swa.module.named_parameters())
@@ -167,7 +169,8 @@ def test_state_round_trip_and_write(tmp_path):
         torch.testing.assert_close(a[n], b[n])
     # collecting after a reload continues the ring buffer exactly as before
     extra = snapshots(1, seed=7)[0]
-    post.collect(extra); back.collect(extra)
+    post.collect(extra)
+    back.collect(extra)
     torch.testing.assert_close(back.deviations(), post.deviations())
     model = {n: torch.zeros_like(t, dtype=torch.float16) for n, t in snaps[0].items()}
     SwagPosterior.write_(model, a)

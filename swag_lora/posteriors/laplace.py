@@ -25,9 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from swag_lora.io import atomic_write
 
-SUBSETS = ("all", "head")
 HESSIANS = ("kron", "diag")
-PREDICTIVES = ("glm_probit", "glm_mc", "nn_mc")
 
 
 class _DictModel(torch.nn.Module):

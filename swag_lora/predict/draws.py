@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from swag_lora.data.encode import eval_batches
-from swag_lora.distributed import reshard
+from swag_lora.distributed import reshard, write_
 from swag_lora.posteriors.swag import SwagPosterior
 
 
@@ -91,7 +91,7 @@ def swapped(named: dict[str, torch.Tensor], model=None) -> Iterator[None]:
     finally:
         if model is not None:
             reshard(model)
-        SwagPosterior.write_(named, saved)
+        write_(named, saved)
 
 
 def draw_probs(
@@ -152,7 +152,7 @@ def draw_probs(
         with swapped(named, model):
             for values in samples:
                 reshard(model)
-                SwagPosterior.write_(named, values)
+                write_(named, values)
                 out.append(run())
         return np.stack(out)
     raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag, weights")
@@ -173,7 +173,7 @@ def head_probs(model, prepared, n: int, num_choices: int, named: dict, samples: 
         for index, batch in prepared:
             features = model.head_inputs(batch)
             for s, values in enumerate(samples):
-                SwagPosterior.write_(named, values)
+                write_(named, values)
                 out[s].append(torch.softmax(model.logits_from_head(features, batch), -1).cpu().numpy().astype(np.float64))
             indices.append(index)
     return np.stack([gather_rows(indices, probs, n, num_choices, accelerator) for probs in out])

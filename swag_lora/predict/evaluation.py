@@ -56,6 +56,7 @@ class Plan:
     paths: list[Path]
     configs: list[RunConfig]
     targets: list[tuple[str, str, str, str]]    # (distribution, task, subtask, split)
+    id_task: tuple[str, str]                    # (task, subtask) in distribution: where a temperature is fitted
     batch_size: dict[str, int]                  # per distribution
     offline: bool
     data_path: str
@@ -79,9 +80,12 @@ def resolve_plan(cfg: EvalConfig) -> Plan:
     method.check(configs, paths)
     task, subtask = (overrides.task, overrides.subtask or "") if overrides.task is not None else (exp.task, exp.subtask)
     ood, ood_sub = (overrides.ood_task, overrides.ood_subtask or "") if overrides.ood_task is not None else (exp.ood_task, exp.ood_subtask)
+    if evaluation.only_ood and not ood:
+        raise ConfigError("evaluation.only_ood=true but neither the evaluation nor the run names an OOD task; "
+                          "set experiment.ood_task")
     targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + ([("ood", ood, ood_sub, "test")] if ood else [])
     pick = lambda value, default: default if value is None else value  # noqa: E731
-    return Plan(method=method, paths=paths, configs=configs, targets=targets,
+    return Plan(method=method, paths=paths, configs=configs, targets=targets, id_task=(task, subtask),
                 batch_size={"id": pick(overrides.eval_batch_size, exp.eval_batch_size), "ood": pick(overrides.ood_batch_size, exp.ood_batch_size)},
                 offline=pick(overrides.offline, exp.offline), data_path=pick(overrides.data_path, exp.data_path),
                 model_path=overrides.model_path, max_eval_samples=pick(overrides.max_eval_samples, exp.max_eval_samples),
@@ -111,8 +115,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
     temperature, temperature_source = None, None
     if plan.temperature_scaling:
         rows, source = validation_rows(plan, runs)
-        vdraws, vlabels, vinfo = bma_draws(plan.targets[0][1] if plan.targets else runs[0].config.experiment.task,
-                                           plan.targets[0][2] if plan.targets else "", "validation", "id", rows, source)
+        vdraws, vlabels, vinfo = bma_draws(*plan.id_task, "validation", "id", rows, source)
         temperature, temperature_source = fit_temperature(vdraws, vlabels), vinfo["split_source"]
 
     results, id_draws = [], None
@@ -190,7 +193,7 @@ def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | Non
     if len(runs) == 1:
         return None, ""
     exp = runs[0].config.experiment
-    task, subtask = (plan.targets[0][1], plan.targets[0][2]) if plan.targets else (exp.task, exp.subtask)
+    task, subtask = plan.id_task
     rows, source = held_out_validation(task, subtask, [(r.config.experiment.seed, r.config.experiment.val_fraction)
                                                        for r in runs],
                                        offline=plan.offline, data_path=plan.data_path, all_items=exp.arc_all_items)
@@ -202,10 +205,7 @@ def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | Non
 
 def default_table(run: RunConfig, directory: Path) -> list[dict]:
     """After training: `evaluation.table_methods` (those the run has the files for) on the ID test split and the OOD
-    split, one model load, with the run's evaluation settings."""
-    unknown = [m for m in run.evaluation.table_methods if m not in TABLE_METHODS]
-    if unknown:
-        raise ConfigError(f"unknown evaluation.table_methods entry {unknown[0]!r}; allowed: {', '.join(TABLE_METHODS)}")
+    split, one model load, with the run's evaluation settings (validate_train has checked the names)."""
     loaded = load_run(directory)
     results = []
     for name in run.evaluation.table_methods:

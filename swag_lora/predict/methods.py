@@ -2,8 +2,8 @@
 
 A method turns a set of runs (one, or an ensemble's members) into weight draws and their probabilities on a set
 of batches: `draws(run, member, data)` returns S x N x C for one member; the evaluation concatenates the members'
-draws and averages them (the Bayesian model average).  Adding a method is one class here (with `@register`)
-and its keys in conf/eval.yaml.
+draws and averages them (the Bayesian model average).  Adding a method is one class here (with `@register`),
+plus any new keys: declared in `EvaluationConfig` (swag_lora/config.py), valued in conf/evaluation/default.yaml.
 """
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ class MAP(Method):
     """The lowest-validation-loss adapter, dropout off: one draw."""
     key = "base"
 
-    def label(self) -> str:
-        return "map"
+    def label(self) -> str:      # the report's name: base is "map"; the subclasses go by their key
+        return "map" if self.key == "base" else self.key
 
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
@@ -86,9 +86,6 @@ class Dropout(MAP):
     """MC dropout: the MAP adapter with dropout on, S passes."""
     key = "dropout"
     sampled = True
-
-    def label(self) -> str:
-        return "dropout"
 
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
@@ -140,9 +137,6 @@ class Ensemble(MAP):
     key = "ensemble"
     members = "several"
 
-    def label(self) -> str:
-        return "ensemble"
-
 
 @register
 class MultiSwag(Swag):
@@ -164,9 +158,6 @@ class MultiSwag(Swag):
 class Temperature(MAP):
     """MAP with a temperature fitted on validation rows (the same as base with evaluation.temperature_scaling)."""
     key = "temperature"
-
-    def label(self) -> str:
-        return "temperature"
 
 
 @register
@@ -256,9 +247,6 @@ class Ivon(Method):
     checkpoint = "ivon_model"
     sampled = True
 
-    def label(self) -> str:
-        return "ivon"
-
     def draws(self, run, member, data):
         import torch
         run.model.load_adapter(run.directory / "ivon_model")
@@ -271,11 +259,14 @@ class Ivon(Method):
 
 
 def check_members(runs: list[RunConfig], method: str) -> None:
-    """Ensemble / MultiSWAG members must agree on model, task and label space."""
+    """Ensemble / MultiSWAG members share one loaded model and one encoding of the data, so they must agree on
+    the model, its LoRA shape, the task and how its rows are encoded."""
     def key(r):
-        return {"model": r.model.model_name, "family": r.model.family, "task": r.experiment.task,
-                "subtask": r.experiment.subtask, "lora_r": r.experiment.lora_r,
-                "lora_target_modules": tuple(r.model.target_modules)}
+        m, e = r.model, r.experiment
+        return {"model": m.model_name, "family": m.family, "quantization": m.quantization, "task": e.task,
+                "subtask": e.subtask, "lora_r": e.lora_r, "lora_alpha": e.lora_alpha, "train_biases": e.train_biases,
+                "lora_target_modules": tuple(m.target_modules), "modules_to_save": tuple(m.modules_to_save),
+                "max_length": m.max_length, "prompt_style": e.prompt_style, "arc_all_items": e.arc_all_items}
     first = key(runs[0])
     for i, r in enumerate(runs[1:], 1):
         for name, value in key(r).items():

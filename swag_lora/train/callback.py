@@ -24,7 +24,8 @@ class SwagCallback(TrainerCallback):
         max_rank: K, deviation columns kept (the low-rank covariance; 1 with `keep_deviations=False` is fine).
         start_step: optimizer steps of ordinary training before the first collection.
         every_steps: collect every N optimizer steps from then on.
-        modules: which tensors: `grad_only` (everything trained: LoRA + head), `lora_only`, `all`.
+        modules: which tensors: `grad_only` (everything trained: LoRA + head), `lora_only`, `all` (`head`, last-layer
+            SWAG, needs this project's ChoiceModel).
         keep_deviations: False for a diagonal posterior.
         device: where the posterior's buffers live (default: beside the weights).
     """

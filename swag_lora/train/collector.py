@@ -94,12 +94,14 @@ class SwagCollector:
     # ------------------------------------------------------------------ checkpoint
     def state(self) -> dict:
         return {"best_swa_loss": self.best_swa_loss if math.isfinite(self.best_swa_loss) else None,
-                "saved_epoch": self.saved_epoch, "reloaded_from_epoch": self.reloaded_from_epoch}
+                "saved_epoch": self.saved_epoch, "reloaded_from_epoch": self.reloaded_from_epoch,
+                "collected_this_epoch": self.collected_this_epoch}     # a mid-epoch checkpoint after a step collection
 
     def load_state(self, state: dict, posterior: SwagPosterior | None) -> None:
         best = state.get("best_swa_loss")
         self.best_swa_loss = math.inf if best is None else float(best)
         self.saved_epoch, self.reloaded_from_epoch = state.get("saved_epoch"), state.get("reloaded_from_epoch")
+        self.collected_this_epoch = bool(state.get("collected_this_epoch", False))
         self.posterior = posterior
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from swag_lora import metrics
-from swag_lora.config import ConfigError, RunConfig, SwagConfig, go_offline, run_dir
+from swag_lora.config import ConfigError, RunConfig, go_offline, run_dir
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.encode import Collator, choice_width, encode, labels_of
 from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
@@ -77,7 +77,7 @@ def train(run: RunConfig) -> Path:
                                                          for k, v in row.items()))
             progress.epoch_done(epoch)
             checkpoints.save(progress, best, collector)
-            if epoch + 1 < epochs and Stop.agreed(accelerator):
+            if Stop.agreed(accelerator):      # the last epoch too: the resumed job writes run_info and evaluates
                 accelerator.print(f"[swag-lora] pre-emption signal: checkpoint written after epoch {epoch + 1}; exiting")
                 raise SystemExit(REQUEUE_EXIT_CODE)
 
@@ -263,7 +263,7 @@ class TrainingData:
         trainable = self.model.trainable_state()
         if run.ivon:
             ivon = run.ivon
-            optimizer = make_ivon(list(trainable.values()), lr=ivon.ivon_learning_rate or exp.learning_rate,
+            optimizer = make_ivon(list(trainable.values()), lr=ivon.learning_rate(exp),
                                   ess=ivon.ivon_ess or len(self.features["train"]),
                                   hess_init=ivon.ivon_hess_init, beta1=ivon.ivon_beta1, beta2=ivon.ivon_beta2,
                                   weight_decay=ivon.ivon_weight_decay)
@@ -280,7 +280,7 @@ def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
     """The original's schedule over loader batches: warm-up schedule, then SWALR from swag_start."""
     exp, swag = run.experiment, run.swag
     total = batches_per_epoch * exp.num_epochs
-    base_lr = run.ivon.ivon_learning_rate or exp.learning_rate if run.ivon else exp.learning_rate
+    base_lr = run.ivon.learning_rate(exp) if run.ivon else exp.learning_rate
     return LRSchedule(
         base_lr=base_lr, total_steps=total, warmup_steps=exp.warmup_length * total, scheduler=exp.scheduler,
         num_cycles=exp.num_lr_cycles, cycle_steps=batches_per_epoch,
@@ -309,7 +309,7 @@ def check_collection(run: RunConfig, steps_per_epoch: int, epochs: int) -> None:
 def make_collector(run: RunConfig, model, inner, accelerator, steps_per_epoch: int) -> SwagCollector | None:
     """The method's posterior collector: SWAG has one, MAP none."""
     swag = run.swag
-    if not isinstance(swag, SwagConfig):
+    if swag is None:
         return None
     named = swag_tensors(inner, swag.modules_to_swag)
     return SwagCollector(lambda: gathered_params(accelerator, model, named), swag_start=swag.swag_start,
@@ -350,9 +350,10 @@ def save_adapter(inner, folder: Path, accelerator) -> None:
 def save_ivon_model(inner, optimizer, folder: Path, accelerator) -> None:
     """IVON's posterior (mean = the current weights, the Hessian estimate) beside an adapter at its mean."""
     posterior = IvonPosterior.from_optimizer(optimizer, inner.trainable_state())
+    state = full_tensors(inner.trainable_state())     # a collective under FSDP: every process, before rank 0 writes
     if accelerator.is_main_process:
         with atomic_dir(folder) as tmp:
-            inner.save_adapter(tmp, full_tensors(inner.trainable_state()))
+            inner.save_adapter(tmp, state)
             posterior.save(tmp)
 
 

@@ -26,7 +26,7 @@ from swag_lora.config import ANNEAL_STRATEGIES, SCHEDULERS
 def warmup_factor(n: float, *, scheduler: str, warmup_steps: float, total_steps: float, num_cycles: float) -> float:
     """transformers' schedule-with-warm-up factor after `n` steps (warm-up may be fractional, as there)."""
     if n < warmup_steps:
-        return float(n) / float(max(1.0 if scheduler == "constant" else 1, warmup_steps))
+        return float(n) / float(max(1.0, warmup_steps))
     if scheduler == "constant":
         return 1.0
     progress = float(n - warmup_steps) / float(max(1, total_steps - warmup_steps))

@@ -3,12 +3,14 @@ tests put it there); nothing of it is in swag_lora.
 
     SWAG_LORA_TEST_KILL_AFTER_EPOCH=N   SIGKILL right after the checkpoint that ends epoch N
     SWAG_LORA_TEST_SIGNAL_AT_STEP=N     SIGUSR1 at optimizer step N (the run checkpoints and exits 99)
+    SWAG_LORA_TEST_SIGNAL_IN_VALIDATION=N   SIGUSR1 while epoch N is validated (the run finishes the epoch, exits 99)
 """
 import os
 import signal
 
 KILL_AFTER = os.environ.get("SWAG_LORA_TEST_KILL_AFTER_EPOCH")
 SIGNAL_AT = os.environ.get("SWAG_LORA_TEST_SIGNAL_AT_STEP")
+SIGNAL_IN_VALIDATION = os.environ.get("SWAG_LORA_TEST_SIGNAL_IN_VALIDATION")
 
 if KILL_AFTER:
     from swag_lora.train.checkpoint import Checkpointer
@@ -32,3 +34,15 @@ if SIGNAL_AT:
             os.kill(os.getpid(), signal.SIGUSR1)
         return out
     torch.optim.AdamW.step = step
+
+if SIGNAL_IN_VALIDATION:
+    import swag_lora.train.loop as loop
+    _validate = loop.validate
+    validations = [0]
+
+    def validate(*args, **kwargs):
+        validations[0] += 1
+        if validations[0] == int(SIGNAL_IN_VALIDATION):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return _validate(*args, **kwargs)
+    loop.validate = validate

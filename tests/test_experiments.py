@@ -1,0 +1,61 @@
+"""The evidence-protocol runner (experiments/run.py): filters, skipping what finished, the closing report."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY, subprocess_env
+
+
+def runner(protocol, *filters):
+    return subprocess.run([sys.executable, "experiments/run.py", str(protocol), *filters], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=900)
+
+
+def test_a_bad_filter_is_refused_in_one_line_before_anything_runs(tmp_path):
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({"out": str(tmp_path / "out"), "seeds": [0, 1], "runs": {"swag": []},
+                                        "evaluations": []}))
+    for bad in ["seed=2", "run=map", "seeds=0", "swag"]:
+        p = runner(protocol, bad)
+        assert p.returncode != 0 and p.stderr.strip().splitlines() == [
+            f"error: bad filter {bad}; allowed: seed=<one of [0, 1]>, run=<one of ['swag']>"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_partial_protocol_runs_one_run_then_the_rest_skipping_what_finished(tmp_path):
+    out = tmp_path / "out"
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({
+        "out": str(out), "seeds": [0, 1],
+        "common": ["model=tiny_llama", *TINY, "experiment.num_epochs=2", "experiment.learning_rate=0.01"],
+        "runs": {"swag": ["method=swag", "method.swag_start=1", "method.force_save=1"], "ivon": ["method=ivon"]},
+        "ood": [["demo", "shifted"]],
+        "eval_common": ["evaluation.num_samples=2", "experiment.max_eval_samples=16"],
+        "evaluations": [{"name": "map", "run": "swag", "method": "base"},
+                        {"name": "ivon", "run": "ivon", "method": "ivon"},
+                        {"name": "ensemble", "runs": "swag", "method": "ensemble"}]}))
+    p = runner(protocol, "run=swag", "seed=0")
+    assert p.returncode == 0, p.stderr[-2000:]
+    done = {f.stem for f in (out / "done").glob("*.done")}
+    assert done == {"train_swag_seed0", "eval_map_seed0_demo_shifted", "report"}     # no ensemble from one seed
+    p = runner(protocol, "run=swag")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == [
+        "[run] train_swag_seed1", "[run] eval_map_seed1_demo_shifted", "[run] eval_ensemble_seed0_demo_shifted",
+        "[run] report"]
+    p = runner(protocol)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == [
+        "[run] train_ivon_seed0", "[run] train_ivon_seed1", "[run] eval_ivon_seed0_demo_shifted",
+        "[run] eval_ivon_seed1_demo_shifted", "[run] report"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {f.stem for f in (out / "done").glob("*.done")} and len(timings) == 10
+    records = [json.loads(f.read_text()) for f in (out / "eval").rglob("*.json")]
+    assert sorted({(r["label"], r["distribution"]) for r in records}) == sorted(
+        {(m, d) for m in ["map", "ivon", "ensemble"] for d in ["id", "ood"]})
+    table = (out / "report.md").read_text()
+    assert all(f"| {m} " in table for m in ["map", "ivon", "ensemble"]), table
