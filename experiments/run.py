@@ -4,9 +4,9 @@ Trains every (training run x seed), evaluates every (evaluation x seed) in and o
 `python -m swag_lora.report` over the protocol's evaluations.  It resumes where it stopped: a training run that
 finished (run_info.json) and an evaluation that finished (its marker in <out>/done/) are skipped, and a killed
 training run resumes from its checkpoint (experiment.resume=auto).  Every step is a subprocess with one thread,
-logged to <out>/logs/.  CPU seconds per step go to <out>/timings.json.  `seed=N` runs one seed (its trainings and
-single-run evaluations); `run=NAME` runs one training run and the evaluations that read it, so that a partial protocol
-already has results.
+logged to <out>/logs/; evaluations write to <out>/eval/<name>/seed<seed>/; CPU seconds per step go to
+<out>/timings.json.  `seed=N` runs one seed (its trainings and single-run evaluations); `run=NAME` runs one training
+run and the evaluations that read it, so that a partial protocol already has results.
 
 protocol.yaml:
     out: results/experiments/<protocol>          # where runs, evaluations and the report go
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
                 step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",
                      [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
                       *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
-                      f"evaluation.output_dir={out / 'eval' / ev['name']}"], timings)
+                      f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"], timings)
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
                          "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"], timings)
