@@ -7,8 +7,8 @@
 #SBATCH --time=02:00:00
 #SBATCH --output=logs/%x-%j.out
 # Evaluate Laplace-LoRA at the MAP adapter (post hoc; fitted once, kept in laplace_model/): LAPLACE_SUBSET all (LoRA + head)
-# or head (last-layer Laplace), LAPLACE_HESSIAN kron or diag, LAPLACE_PREDICTIVE nn_mc (NUM_SAMPLES weight samples),
-# glm_mc (NUM_SAMPLES linearised-logit samples) or glm_probit,
+# or head (last-layer Laplace), LAPLACE_HESSIAN kron or diag, LAPLACE_PREDICTIVE glm_probit (the default), nn_mc (NUM_SAMPLES weight samples),
+# or glm_mc (NUM_SAMPLES linearised-logit samples),
 # in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
 #   bash evaluate/evaluate_laplace.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_laplace.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
@@ -25,7 +25,7 @@ NUM_SAMPLES="${NUM_SAMPLES:-15}"
 SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
 LAPLACE_SUBSET="${LAPLACE_SUBSET:-all}"
 LAPLACE_HESSIAN="${LAPLACE_HESSIAN:-kron}"
-LAPLACE_PREDICTIVE="${LAPLACE_PREDICTIVE:-nn_mc}"
+LAPLACE_PREDICTIVE="${LAPLACE_PREDICTIVE:-glm_probit}"
 METHOD=laplace RUNS=one
 BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
 [[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"

@@ -102,9 +102,11 @@ def test_last_layer_glm_on_features_equals_laplace_torch_on_the_whole_model(llam
     ours = Laplace(ev).linearised(run.model, post, named, Batches(feats, coll, 12), None)[0]
     batch = coll(feats)
     batch.pop("labels")
-    reference = post.predictive(batch, "glm_probit", 1)[0].detach().numpy()
+    reference = post.predictive(batch, "glm_probit", 1, rows=12)[0].detach().numpy()     # one laplace-torch call
     assert ours.shape == reference.shape == (12, 5)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+    chunked = post.predictive(batch, "glm_probit", 1, rows=5)[0].detach().numpy()       # 5 + 5 + 2 rows
+    np.testing.assert_allclose(chunked, reference, atol=1e-6)
 
 
 @pytest.mark.slow
