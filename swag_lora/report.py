@@ -61,6 +61,15 @@ def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_di
     return out_dir / f"{name}.json"
 
 
+def save_figure(fig, path) -> None:
+    """Lay out, write atomically as PNG, close."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def selective_curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Selective prediction: answering only the most confident fraction c of the rows, the accuracy on them --
     (coverage k/N, accuracy of the k most confident) for k = 1..N."""
@@ -86,10 +95,7 @@ def selective_figure(entries: list[tuple[str, np.ndarray, np.ndarray]], path: Pa
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path: Path, n_bins: int = 15, title: str = "") -> None:
@@ -122,10 +128,7 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
             h.set_ylabel("fraction")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def print_summary(results: list[dict], eval_dir: Path | None) -> str:
@@ -241,10 +244,7 @@ def comparison_figure(rows: list[dict], metrics: tuple[str, ...], path: Path) ->
             ax.bar(range(len(rs)), means, yerr=errs, capsize=3, color="#4c72b0")
             ax.set_xticks(range(len(rs)), labels, rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{m} ({d.upper()})", fontsize=9)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def build_report(paths: list[str], out: str, metrics: tuple[str, ...] = TABLE_METRICS) -> str:
