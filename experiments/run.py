@@ -39,8 +39,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def step(out: Path, key: str, command: list[str], timings: dict) -> None:
-    """Run `command` unless its marker says it finished; record its CPU and wall time."""
+def read_timings(out: Path) -> dict:
+    return json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+
+
+def step(out: Path, key: str, command: list[str]) -> None:
+    """Run `command` unless its marker says it finished; record its CPU and wall time (read, updated and replaced at
+    once, so that two runners of one protocol, e.g. run=swag and run=ivon side by side, keep each other's)."""
     marker = out / "done" / f"{key}.done"
     if marker.exists():
         return
@@ -53,8 +58,10 @@ def step(out: Path, key: str, command: list[str], timings: dict) -> None:
         rc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise SystemExit(f"error: step {key} failed (exit {rc}); see {out / 'logs' / (key + '.log')}")
-    timings[key] = {"cpu_seconds": round(cpu_seconds() - cpu0, 1), "wall_seconds": round(time.time() - t0, 1)}
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    seconds = {"cpu_seconds": round(cpu_seconds() - cpu0, 1), "wall_seconds": round(time.time() - t0, 1)}
+    tmp = out / f".timings.{os.getpid()}.json"
+    tmp.write_text(json.dumps({**read_timings(out), key: seconds}, indent=1))
+    os.replace(tmp, out / "timings.json")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("")
 
@@ -77,7 +84,6 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"error: bad filter {' '.join(argv[1:])}; {allowed}")
     seeds = [s for s in seeds if str(s) == only.get("seed", str(s))]
     out.mkdir(parents=True, exist_ok=True)
-    timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     python = sys.executable
     for name, overrides in protocol["runs"].items():
         if only.get("run", name) != name:
@@ -85,7 +91,7 @@ def main(argv: list[str]) -> int:
         for seed in seeds:
             step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *protocol["common"], *overrides,
                                                    f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
-                                                   "experiment.eval_upon_save=false"], timings)
+                                                   "experiment.eval_upon_save=false"])
     targets = [("", "")] + [tuple(t) for t in protocol.get("ood", [])]
     for ev in protocol["evaluations"]:
         if only.get("run", ev.get("run", ev.get("runs"))) != ev.get("run", ev.get("runs")):
@@ -107,10 +113,11 @@ def main(argv: list[str]) -> int:
                 step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",
                      [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
                       *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
-                      f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"], timings)
+                      f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"])
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
-                         "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"], timings)
+                         "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"])
+    timings = read_timings(out)
     total = sum(v["cpu_seconds"] for v in timings.values())
     print(f"[done] {out}: {len(timings)} steps, {total / 3600:.2f} CPU hours")
     return 0
