@@ -185,26 +185,36 @@ def aggregate(records: list[dict], metrics: tuple[str, ...] = TABLE_METRICS) -> 
         key = (r["distribution"], r["task"], r["subtask"], r["split"], r["model"], r["label"], r.get("name", "").split("_")[0],
                json.dumps({k: v for k, v in r["settings"].items() if k not in ("temperature", "seed")}, sort_keys=True), fam)
         groups[key].append(r)
-    # MAP per (dist, task, split, family, seed) for paired differences
-    map_by_seed = {}
+    # MAP per (dist, task, split, family, seeds) for paired differences; a method from another run (IVON, last-layer
+    # SWAG) or from several seeds (ensemble, MultiSWAG) is paired with the MAP of its training seeds where exactly one
+    # run family has a MAP for each of them (several seeds: the mean of their MAPs)
+    map_by_seed, map_any_family = {}, defaultdict(list)
     for key, rs in groups.items():
         if key[5] == "map":
             for r in rs:
-                map_by_seed[(key[0], key[1], key[2], key[3], key[8], tuple(r["train_seeds"]))] = r
+                map_by_seed[(*key[:4], key[8], tuple(r["train_seeds"]))] = r
+                map_any_family[(*key[:4], tuple(r["train_seeds"]))].append(r)
+
+    def reference(key, r, m):
+        exact = map_by_seed.get((*key[:4], key[8], tuple(r["train_seeds"])))
+        if exact is not None:
+            return exact["metrics"].get(m, np.nan)
+        per_seed = [map_any_family.get((*key[:4], (seed,)), []) for seed in r["train_seeds"]]
+        if per_seed and all(len(found) == 1 for found in per_seed):
+            return float(np.mean([found[0]["metrics"].get(m, np.nan) for found in per_seed]))
+        return None
+
     rows = []
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][8],
-                                                          order.get(kv[0][5].replace("+ts", ""), 99), kv[0][5])):
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                          order.get(kv[0][5].replace("+ts", ""), 99), kv[0][5], kv[0][8])):
         row = {"distribution": key[0], "task": key[1] + (f"/{key[2]}" if key[2] else ""), "split": key[3], "model": key[4],
                "method": key[5], "n": len(rs), "settings": key[7], "runs": key[8]}
         for m in metrics:
             vals = np.array([r["metrics"].get(m, np.nan) for r in rs], float)
             row[m] = (float(np.nanmean(vals)), float(np.nanstd(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else float("nan"))
-            diffs = []
-            for r in rs:
-                ref = map_by_seed.get((key[0], key[1], key[2], key[3], key[8], tuple(r["train_seeds"])))
-                if ref is not None and key[5] != "map":
-                    diffs.append(r["metrics"].get(m, np.nan) - ref["metrics"].get(m, np.nan))
+            refs = [(r, reference(key, r, m)) for r in rs] if key[5] != "map" else []
+            diffs = [r["metrics"].get(m, np.nan) - ref for r, ref in refs if ref is not None]
             if diffs:
                 d = np.array(diffs, float)
                 row[f"d_{m}"] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"), len(d))
@@ -256,7 +266,9 @@ def build_report(paths: list[str], out: str, metrics: tuple[str, ...] = TABLE_ME
     out_p = Path(out)
     with atomic_write(out_p.with_suffix(".md")) as tmp:
         tmp.write_text(f"# swag-lora report\n\n{len(records)} evaluations; cells are mean ± standard error over "
-                       f"training seeds (n); Δ is the seed-paired difference from MAP.\n\n{md}\n")
+                       f"training seeds (n); Δ is the seed-paired difference from MAP (the same run's MAP; for another run, "
+                       f"such as IVON, the MAP of the same training seed; for an ensemble, the mean of its members' "
+                       f"MAPs).\n\n{md}\n")
     with atomic_write(out_p.with_suffix(".csv")) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
