@@ -85,9 +85,9 @@ def selective_figure(entries: list[tuple[str, np.ndarray, np.ndarray]], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    for label, probs, labels in entries:
+    for i, (label, probs, labels) in enumerate(entries):
         coverage, acc = selective_curve(probs, labels)
-        ax.plot(coverage, acc, label=label, lw=1.4)
+        ax.plot(coverage, acc, label=label, lw=1.4, ls="-" if i < 10 else "--")     # 10 colours, then dashed
     ax.set_xlabel("coverage (most confident first)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -103,13 +103,18 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, len(entries), figsize=(3.2 * len(entries), 4.6), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    for j, (label, probs, labels) in enumerate(entries):
+    cols = min(len(entries), 6)                     # at most 6 panels a row
+    grid = -(-len(entries) // cols)
+    fig, axes = plt.subplots(2 * grid, cols, figsize=(3.2 * cols, 4.6 * grid), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * grid}, sharex=True)
+    for ax in axes[:, len(entries) - (grid - 1) * cols:][-2:].flat:
+        ax.set_axis_off()                           # the empty places of the last row
+    for k, (label, probs, labels) in enumerate(entries):
+        i, j = 2 * (k // cols), k % cols
         b = reliability_bins(probs, labels, n_bins)
         centers = (b["edges"][:-1] + b["edges"][1:]) / 2
         width = 1.0 / n_bins
-        ax = axes[0, j]
+        ax = axes[i, j]
         ax.bar(centers, b["accuracy"], width=width, edgecolor="black", color="#4c72b0", label="accuracy")
         has = b["count"] > 0
         ax.bar(centers[has], np.abs(b["confidence"] - b["accuracy"])[has], bottom=np.minimum(b["confidence"], b["accuracy"])[has],
@@ -121,7 +126,7 @@ def reliability_diagram(entries: list[tuple[str, np.ndarray, np.ndarray]], path:
         if j == 0:
             ax.set_ylabel("accuracy")
             ax.legend(loc="upper left", fontsize=7)
-        h = axes[1, j]
+        h = axes[i + 1, j]
         h.bar(centers, b["count"] / max(b["count"].sum(), 1), width=width, color="gray", edgecolor="black")
         h.set_xlabel("confidence")
         if j == 0:
@@ -250,6 +255,10 @@ def comparison_figure(rows: list[dict], metrics: tuple[str, ...], path: Path) ->
         for j, m in enumerate(metrics):
             ax = axes[i, j]
             means = [r[m][0] for r in rs]
+            if all(math.isnan(v) for v in means):       # e.g. OOD detection on the in-distribution rows alone
+                ax.set_axis_off()
+                ax.set_title(f"{m} ({d.upper()}): not defined", fontsize=9)
+                continue
             errs = [0 if math.isnan(r[m][1]) else r[m][1] for r in rs]
             ax.bar(range(len(rs)), means, yerr=errs, capsize=3, color="#4c72b0")
             ax.set_xticks(range(len(rs)), labels, rotation=45, ha="right", fontsize=7)
