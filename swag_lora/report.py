@@ -165,7 +165,7 @@ def print_summary(results: list[dict], eval_dir: Path | None) -> str:
 
 # ---------------------------------------------------------------- tables across runs
 def _seedless(run_dir: str) -> str:
-    return re.sub(r"seed\d+", "seed*", run_dir)
+    return re.sub(r"seed ?\d+", "seed*", run_dir)
 
 
 def load_records(paths: list[str | Path]) -> list[dict]:
@@ -188,7 +188,8 @@ def aggregate(records: list[dict], metrics: tuple[str, ...] = TABLE_METRICS) -> 
     for r in records:
         fam = " ".join(sorted({_seedless(d) for d in r["run_dirs"]})) if len(r["run_dirs"]) == 1 else "members"
         key = (r["distribution"], r["task"], r["subtask"], r["split"], r["model"], r["label"], r.get("name", "").split("_")[0],
-               json.dumps({k: v for k, v in r["settings"].items() if k not in ("temperature", "seed")}, sort_keys=True), fam)
+               json.dumps({k: _seedless(str(v)) if k == "temperature_source" else v          # "carved ... (seed 1)"
+                           for k, v in r["settings"].items() if k not in ("temperature", "seed")}, sort_keys=True), fam)
         groups[key].append(r)
     # MAP per (dist, task, split, family, seeds) for paired differences; a method from another run (IVON, last-layer
     # SWAG) or from several seeds (ensemble, MultiSWAG) is paired with the MAP of its training seeds where exactly one

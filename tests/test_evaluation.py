@@ -146,6 +146,11 @@ def test_report_keeps_every_setting_that_changes_the_predictive_apart():
                       rec("multiswa", "multiswag", 0.0, False), rec("multiswa+ts", "multiswag", 0.0, True),
                       rec("swa", "swag", 0.0, False, seed=1)])
     assert sorted((r["method"], r["n"]) for r in rows) == [("multiswa", 1), ("multiswa+ts", 1), ("swa", 2), ("swa+ts", 1)]
+    carved = []     # T fitted on each seed's own carved rows: one setting, seeds grouped; the official split is another
+    for seed, source in [(0, "carved 0.2 of train (seed 0)"), (1, "carved 0.2 of train (seed 1)"), (2, "validation (official)")]:
+        carved.append(rec("swa+ts", "swag", 0.0, True, seed=seed))
+        carved[-1]["settings"]["temperature_source"] = source
+    assert sorted(r["n"] for r in aggregate(carved)) == [1, 2]
     from swag_lora.config import EvaluationConfig
     from swag_lora.predict.methods import make_method
     base = dict(eval_model_path="", eval_model_paths=[], num_samples=1, swag_sample_scale=0.0, swag_cov_mat=True,
