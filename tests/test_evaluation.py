@@ -95,6 +95,24 @@ def test_temperature_fit_matches_grid_search():
     assert 3 < t < 5
 
 
+def test_temperature_keeps_absent_choices_at_zero():
+    """A 4-choice question read through the 5-letter head has p = 0 for E (masked). Tempering must leave it at 0,
+    in the fit and when applied: a large T (a model near chance) once gave E 4% (log of a clipped 0, divided by T)."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 300, 5)) * 0.3
+    logits[..., 4] = -np.inf                                        # E absent in every row
+    draws = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labels = rng.integers(0, 4, size=300)                           # noise: the fit wants a flat predictive (large T)
+    t = fit_temperature(draws, labels)
+    tempered = apply_temperature(draws, t)
+    assert t > 3 and np.all(tempered[..., 4] == 0) and np.allclose(tempered.sum(-1), 1)
+    grid = np.exp(np.linspace(0, np.log(1e4), 400))             # the same T as the 4-choice problem without E
+    four = [M.nll(apply_temperature(draws[..., :4], g).mean(0), labels) for g in grid]
+    five = [M.nll(apply_temperature(draws, g).mean(0), labels) for g in grid]
+    np.testing.assert_allclose(five, four, rtol=1e-9)
+    assert fit_temperature(draws, labels) == pytest.approx(fit_temperature(draws[..., :4], labels), rel=1e-4)
+
+
 def test_multi_draw_temperature_minimises_the_nll_of_the_average_as_applied():
     """10 draws that disagree: the T fitted on log(mean p) (the old fit) is not the T that minimises the validation
     NLL of mean_s softmax(log p_s / T), which is how the temperature is applied; the fit finds the latter."""
