@@ -94,22 +94,22 @@ def main(argv: list[str]) -> int:
                                                    "experiment.eval_upon_save=false"])
     targets = [("", "")] + [tuple(t) for t in protocol.get("ood", [])]
     for ev in protocol["evaluations"]:
-        if only.get("run", ev.get("run", ev.get("runs"))) != ev.get("run", ev.get("runs")):
+        source = ev.get("run", ev.get("runs"))
+        if only.get("run", source) != source:
             continue
-        for seed in seeds:
-            if "runs" in ev:        # several members: every seed's run (one evaluation, recorded under seed 0)
-                if seed != seeds[0] or "seed" in only:
-                    continue
-                paths = ",".join(f'"{run_dir(out, ev["runs"], s)}"' for s in protocol["seeds"])
+        # several members ("runs"): one evaluation over every seed's run, recorded under the first seed
+        for seed in ([] if "seed" in only else protocol["seeds"][:1]) if "runs" in ev else seeds:
+            if "runs" in ev:
+                paths = ",".join(f'"{run_dir(out, source, s)}"' for s in protocol["seeds"])
                 where = [f"evaluation.eval_model_paths=[{paths}]"]
             else:
-                where = [f"evaluation.eval_model_path={run_dir(out, ev['run'], seed)}"]
+                where = [f"evaluation.eval_model_path={run_dir(out, source, seed)}"]
             for task, subtask in targets:
                 # every OOD evaluation scores the in-distribution rows again (the same numbers): detection metrics
                 # (AUROC of max-prob, entropy, mutual information) need both sets of draws
                 ood = [] if not task else [f"experiment.ood_task={task}", f"experiment.ood_subtask={subtask}"]
                 if not task and protocol.get("ood"):
-                    continue        # the in-distribution rows are scored with the first OOD task
+                    continue        # the in-distribution rows are scored with every OOD task
                 step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",
                      [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
                       *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
