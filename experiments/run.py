@@ -1,6 +1,7 @@
 """Run one evidence protocol end to end: python experiments/run.py experiments/<protocol>/protocol.yaml [seed=N] [run=NAME]
 
-Trains every (training run x seed), evaluates every (evaluation x seed) in and out of distribution, and ends with
+Trains every (training run x seed), evaluates every (evaluation x seed) in distribution and on every OOD task (one
+evaluation: the in-distribution rows are scored once), and ends with
 `python -m swag_lora.report` over the protocol's evaluations.  It resumes where it stopped: a training run that
 finished (run_info.json) and an evaluation that finished (its marker in <out>/done/) are skipped, and a killed
 training run resumes from its checkpoint (experiment.resume=auto).  Every step is a subprocess with one thread,
@@ -92,7 +93,9 @@ def main(argv: list[str]) -> int:
             step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *protocol["common"], *overrides,
                                                    f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
                                                    "experiment.eval_upon_save=false"])
-    targets = [("", "")] + [tuple(t) for t in protocol.get("ood", [])]
+    # one evaluation per (evaluation, seed) scores the in-distribution rows once and every OOD task against them
+    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood", [])]
+    ood = [f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else []
     for ev in protocol["evaluations"]:
         source = ev.get("run", ev.get("runs"))
         if only.get("run", source) != source:
@@ -104,16 +107,10 @@ def main(argv: list[str]) -> int:
                 where = [f"evaluation.eval_model_paths=[{paths}]"]
             else:
                 where = [f"evaluation.eval_model_path={run_dir(out, source, seed)}"]
-            for task, subtask in targets:
-                # every OOD evaluation scores the in-distribution rows again (the same numbers): detection metrics
-                # (AUROC of max-prob, entropy, mutual information) need both sets of draws
-                ood = [] if not task else [f"experiment.ood_task={task}", f"experiment.ood_subtask={subtask}"]
-                if not task and protocol.get("ood"):
-                    continue        # the in-distribution rows are scored with every OOD task
-                step(out, f"eval_{ev['name']}_seed{seed}_{task or 'id'}{('_' + subtask) if subtask else ''}",
-                     [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
-                      *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
-                      f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"])
+            step(out, f"eval_{ev['name']}_seed{seed}",
+                 [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
+                  *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
+                  f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"])
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
                          "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"])

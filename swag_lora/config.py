@@ -221,6 +221,9 @@ class DataOverrides:
     subtask: str | None = opt("its subtask", optional=True)
     ood_task: str | None = opt("OOD task (null: the run's own; empty: none)", optional=True)
     ood_subtask: str | None = opt("its subtask", optional=True)
+    ood_tasks: list | None = opt("several OOD tasks in one evaluation, each `task` or `task/subtask`, instead of "
+                                 "ood_task (the in-distribution rows are scored once; each split's numbers are "
+                                 "those of its own evaluation)", optional=True)
     ood_batch_size: int | None = opt("OOD batch size", check="positive_int", optional=True)
     eval_batch_size: int | None = opt("in-distribution batch size", check="positive_int", optional=True)
     offline: bool | None = opt("read the offline layout (no network)", optional=True)
@@ -271,8 +274,25 @@ def validate_eval(cfg: EvalConfig) -> None:
         check_task(overrides, "task", "subtask")
     if overrides.ood_task:
         check_task(overrides, "ood_task", "ood_subtask")
-    if evaluation.only_ood and overrides.ood_task == "":
+    if overrides.ood_tasks is not None:
+        if overrides.ood_task is not None:
+            _fail(f"experiment.ood_tasks={list(overrides.ood_tasks)} and experiment.ood_task={overrides.ood_task!r} "
+                  f"both given; allowed: one of them")
+        for entry in ood_task_list(overrides):
+            check_task(DataOverrides(ood_task=entry[0], ood_subtask=entry[1]), "ood_task", "ood_subtask")
+    if evaluation.only_ood and (overrides.ood_task == "" or overrides.ood_tasks == []):
         _fail("evaluation.only_ood=true but experiment.ood_task is empty")
+
+
+def ood_task_list(overrides: DataOverrides) -> list[tuple[str, str]]:
+    """`experiment.ood_tasks` entries (`task` or `task/subtask`) as (task, subtask) pairs."""
+    pairs = []
+    for entry in overrides.ood_tasks:
+        if not isinstance(entry, str) or entry.count("/") > 1 or not entry.split("/")[0]:
+            _fail(f"experiment.ood_tasks entry {entry!r}; allowed: a task name or task/subtask, e.g. mmlu/chemistry")
+        task, _, subtask = entry.partition("/")
+        pairs.append((task, subtask))
+    return pairs
 
 
 @dataclass

@@ -226,6 +226,34 @@ def test_temperature_is_fitted_on_the_in_distribution_task_even_when_only_ood_is
         plan("evaluation.only_ood=true", run=no_ood)
 
 
+@pytest.mark.slow
+def test_several_ood_tasks_in_one_evaluation_give_each_task_the_numbers_of_its_own_evaluation(runs, tmp_path):
+    from swag_lora.config import ConfigError, parse_eval
+    from swag_lora.predict.evaluation import evaluate, resolve_plan
+    def run(out, *extra):
+        return evaluate(resolve_plan(parse_eval(compose(
+            f"evaluation.eval_model_path={runs[0]}", "evaluation.eval_method=swag", "evaluation.num_samples=2",
+            "experiment.max_eval_samples=40", f"evaluation.output_dir={tmp_path / out}", *extra, config_name="eval"))),
+            distributed=False)
+    alone = run("alone", "experiment.ood_task=demo", "experiment.ood_subtask=shifted")
+    both = run("both", "experiment.ood_tasks=[demo/shifted,demo]")
+    assert [(r["distribution"], r["task"], r["subtask"]) for r in both] == [("id", "demo", ""), ("ood", "demo", "shifted"),
+                                                                            ("ood", "demo", "")]
+    assert both[0]["metrics"] == alone[0]["metrics"] and both[1]["metrics"] == alone[1]["metrics"]
+    # the in-distribution test rows again, as an "OOD" task: the same draws, so the same scores, and detection at
+    # chance (every score tied with its in-distribution twin: AUROC 0.5)
+    assert {k: both[2]["metrics"][k] for k in both[0]["metrics"]} == both[0]["metrics"]
+    assert both[2]["metrics"]["auroc_entropy"] == pytest.approx(0.5) and both[1]["metrics"]["auroc_entropy"] != 0.5
+    assert len(list((tmp_path / "both").glob("*.json"))) == 3
+    for bad, match in [("experiment.ood_tasks=[mmlu/chemistry/x]", "experiment.ood_tasks entry 'mmlu/chemistry/x'; allowed"),
+                       ("experiment.ood_tasks=[nope]", "unknown experiment.ood_task 'nope'"),
+                       ("experiment.ood_tasks=[demo/other]", "other"),
+                       ("experiment.ood_task=demo", "both given; allowed: one of them")]:
+        extra = [bad] + (["experiment.ood_tasks=[demo]"] if "ood_task=" in bad else [])
+        with pytest.raises(ConfigError, match=match):
+            parse_eval(compose(f"evaluation.eval_model_path={runs[0]}", *extra, config_name="eval"))
+
+
 def _script(name, env, *args):
     e = {**os.environ, **env, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     e.pop("SLURM_JOB_ID", None)

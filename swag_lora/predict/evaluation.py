@@ -12,7 +12,7 @@ import numpy as np
 
 from swag_lora import metrics
 from swag_lora.config import (TABLE_METHODS, ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig,
-                              find_run_dir, go_offline, load_run_config)
+                              find_run_dir, go_offline, load_run_config, ood_task_list)
 from swag_lora.data import get_task, load_splits
 from swag_lora.data.tasks import label_alignment
 from swag_lora.data.encode import Collator, choice_width, encode, labels_of
@@ -79,11 +79,15 @@ def resolve_plan(cfg: EvalConfig) -> Plan:
     method = make_method(evaluation)
     method.check(configs, paths)
     task, subtask = (overrides.task, overrides.subtask or "") if overrides.task is not None else (exp.task, exp.subtask)
-    ood, ood_sub = (overrides.ood_task, overrides.ood_subtask or "") if overrides.ood_task is not None else (exp.ood_task, exp.ood_subtask)
-    if evaluation.only_ood and not ood:
+    if overrides.ood_tasks is not None:
+        oods = ood_task_list(overrides)
+    else:
+        ood, ood_sub = (overrides.ood_task, overrides.ood_subtask or "") if overrides.ood_task is not None else (exp.ood_task, exp.ood_subtask)
+        oods = [(ood, ood_sub)] if ood else []
+    if evaluation.only_ood and not oods:
         raise ConfigError("evaluation.only_ood=true but neither the evaluation nor the run names an OOD task; "
                           "set experiment.ood_task")
-    targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + ([("ood", ood, ood_sub, "test")] if ood else [])
+    targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + [("ood", t, st, "test") for t, st in oods]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Plan(method=method, paths=paths, configs=configs, targets=targets, id_task=(task, subtask),
                 batch_size={"id": pick(overrides.eval_batch_size, exp.eval_batch_size), "ood": pick(overrides.ood_batch_size, exp.ood_batch_size)},
