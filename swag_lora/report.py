@@ -248,22 +248,22 @@ def comparison_figure(rows: list[dict], metrics: tuple[str, ...], path: Path) ->
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    dists = sorted({r["distribution"] for r in rows})
-    fig, axes = plt.subplots(len(dists), len(metrics), figsize=(3.3 * len(metrics), 2.8 * len(dists)), squeeze=False)
-    for i, d in enumerate(dists):
-        rs = [r for r in rows if r["distribution"] == d]
-        labels = [f"{r['method']}\n{r['task']}" if len({x['task'] for x in rs}) > 1 else r["method"] for r in rs]
+    groups = sorted({(r["distribution"], r["task"]) for r in rows})     # one row of panels per evaluated split
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.3 * len(metrics), 2.8 * len(groups)), squeeze=False)
+    for i, (d, task) in enumerate(groups):
+        rs = [r for r in rows if (r["distribution"], r["task"]) == (d, task)]
+        labels = [r["method"] for r in rs]
         for j, m in enumerate(metrics):
             ax = axes[i, j]
             means = [r[m][0] for r in rs]
             if all(math.isnan(v) for v in means):       # e.g. OOD detection on the in-distribution rows alone
                 ax.set_axis_off()
-                ax.set_title(f"{m} ({d.upper()}): not defined", fontsize=9)
+                ax.set_title(f"{m} ({d.upper()} {task}): not defined", fontsize=9)
                 continue
             errs = [0 if math.isnan(r[m][1]) else r[m][1] for r in rs]
             ax.bar(range(len(rs)), means, yerr=errs, capsize=3, color="#4c72b0")
             ax.set_xticks(range(len(rs)), labels, rotation=45, ha="right", fontsize=7)
-            ax.set_title(f"{m} ({d.upper()})", fontsize=9)
+            ax.set_title(f"{m} ({d.upper()} {task})", fontsize=9)
     save_figure(fig, path)
 
 

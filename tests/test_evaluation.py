@@ -151,6 +151,22 @@ def test_ensemble_temperature_rows_are_held_out_by_every_member(shared_data, tmp
     assert len(rows) == 500 and source == "validation (official)"
 
 
+def test_comparison_figure_has_one_row_of_panels_per_evaluated_split(monkeypatch, tmp_path):
+    from swag_lora import report
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
+    nan = float("nan")
+    rows = [{"distribution": d, "task": t, "method": m, "nll": (1.0, 0.1), "auroc_entropy": (nan if d == "id" else 0.6, nan)}
+            for d, t in [("id", "obqa"), ("ood", "arc-c"), ("ood", "mmlu/physics")] for m in ["map", "swag", "ensemble"]]
+    report.comparison_figure(rows, ("nll", "auroc_entropy"), tmp_path / "x.png")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["nll (ID obqa)", "auroc_entropy (ID obqa): not defined", "nll (OOD arc-c)",
+                                               "auroc_entropy (OOD arc-c)", "nll (OOD mmlu/physics)",
+                                               "auroc_entropy (OOD mmlu/physics)"]
+    assert [t.get_text() for t in axes[2].get_xticklabels()] == ["map", "swag", "ensemble"]    # methods only, 3 bars
+    assert len(axes[2].patches) == 3
+
+
 def test_report_keeps_every_setting_that_changes_the_predictive_apart():
     from swag_lora.report import aggregate
     def rec(label, method, scale, ts, seed=0):
