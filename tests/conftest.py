@@ -43,10 +43,12 @@ FAULTS = str(REPO / "tests" / "helpers" / "faults")   # sitecustomize: SWAG_LORA
 
 
 def subprocess_env(**extra) -> dict:
-    """The environment of a training subprocess: offline, no W&B, one thread, test fault injection available, and
-    the repository importable (also from tests/helpers scripts)."""
+    """The environment of a training subprocess: offline, no W&B, one thread, test fault injection available, the
+    repository importable (also from tests/helpers scripts), and unbuffered output (tests that time a signal by the
+    lines the run prints would otherwise read them only when the pipe's buffer flushes)."""
     path = os.pathsep.join(p for p in (FAULTS, str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
+            "PYTHONUNBUFFERED": "1",
             **extra}
 
 
