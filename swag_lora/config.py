@@ -278,8 +278,13 @@ def validate_eval(cfg: EvalConfig) -> None:
         if overrides.ood_task is not None:
             _fail(f"experiment.ood_tasks={list(overrides.ood_tasks)} and experiment.ood_task={overrides.ood_task!r} "
                   f"both given; allowed: one of them")
-        for entry in ood_task_list(overrides):
-            check_task(DataOverrides(ood_task=entry[0], ood_subtask=entry[1]), "ood_task", "ood_subtask")
+        for task, subtask in ood_task_list(overrides):
+            try:
+                check_task(DataOverrides(ood_task=task, ood_subtask=subtask), "ood_task", "ood_subtask")
+            except ConfigError as e:   # name the list entry, not experiment.ood_task, which the user did not set
+                entry = f"{task}/{subtask}" if subtask else task
+                raise ConfigError(f"experiment.ood_tasks entry {entry!r}: "
+                                  + str(e).replace("experiment.ood_subtask", "subtask").replace("experiment.ood_task", "task")) from None
     if evaluation.only_ood and (overrides.ood_task == "" or overrides.ood_tasks == []):
         _fail("evaluation.only_ood=true but experiment.ood_task is empty")
 

@@ -262,8 +262,8 @@ def test_several_ood_tasks_in_one_evaluation_give_each_task_the_numbers_of_its_o
     assert both[2]["metrics"]["auroc_entropy"] == pytest.approx(0.5) and both[1]["metrics"]["auroc_entropy"] != 0.5
     assert len(list((tmp_path / "both").glob("*.json"))) == 3
     for bad, match in [("experiment.ood_tasks=[mmlu/chemistry/x]", "experiment.ood_tasks entry 'mmlu/chemistry/x'; allowed"),
-                       ("experiment.ood_tasks=[nope]", "unknown experiment.ood_task 'nope'"),
-                       ("experiment.ood_tasks=[demo/other]", "other"),
+                       ("experiment.ood_tasks=[nope]", "experiment.ood_tasks entry 'nope': unknown task 'nope'; allowed: "),
+                       ("experiment.ood_tasks=[demo/other]", "experiment.ood_tasks entry 'demo/other': unknown subtask 'other'"),
                        ("experiment.ood_task=demo", "both given; allowed: one of them")]:
         extra = [bad] + (["experiment.ood_tasks=[demo]"] if "ood_task=" in bad else [])
         with pytest.raises(ConfigError, match=match):
