@@ -8,7 +8,8 @@
 #SBATCH --output=logs/%x-%j.out
 # Evaluate Laplace-LoRA at the MAP adapter (post hoc; fitted once, kept in laplace_model/): LAPLACE_SUBSET all (LoRA + head)
 # or head (last-layer Laplace), LAPLACE_HESSIAN kron or diag, LAPLACE_PREDICTIVE glm_probit (the default), nn_mc (NUM_SAMPLES weight samples),
-# or glm_mc (NUM_SAMPLES linearised-logit samples),
+# or glm_mc (NUM_SAMPLES linearised-logit samples); LAPLACE_BATCH_SIZE (rows per batch of the fit; empty = the run's
+# eval batch size) and LAPLACE_JACOBIAN_ROWS (rows per Jacobian call of the whole-model GLM) bound the memory,
 # in distribution (TASK/SUBTASK; empty = the run's own task) and out of distribution (OOD_TASK/OOD_SUBTASK).
 #   bash evaluate/evaluate_laplace.bash      # here, without Slurm
 #   sbatch evaluate/evaluate_laplace.bash    # on Slurm (account/partition/time: sbatch -A/-p/-t or SBATCH_ACCOUNT, SBATCH_PARTITION, SBATCH_TIMELIMIT)
@@ -26,6 +27,8 @@ SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
 LAPLACE_SUBSET="${LAPLACE_SUBSET:-all}"
 LAPLACE_HESSIAN="${LAPLACE_HESSIAN:-kron}"
 LAPLACE_PREDICTIVE="${LAPLACE_PREDICTIVE:-glm_probit}"
+LAPLACE_BATCH_SIZE="${LAPLACE_BATCH_SIZE:-}"
+LAPLACE_JACOBIAN_ROWS="${LAPLACE_JACOBIAN_ROWS:-8}"
 METHOD=laplace RUNS=one
 BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
 [[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"

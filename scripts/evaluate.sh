@@ -21,6 +21,8 @@ EVAL_ARGS=(evaluation.eval_method="$METHOD" evaluation.num_samples="$NUM_SAMPLES
 [[ -n "${LAPLACE_SUBSET:-}" ]] && EVAL_ARGS+=(evaluation.laplace_subset="$LAPLACE_SUBSET")
 [[ -n "${LAPLACE_HESSIAN:-}" ]] && EVAL_ARGS+=(evaluation.laplace_hessian="$LAPLACE_HESSIAN")
 [[ -n "${LAPLACE_PREDICTIVE:-}" ]] && EVAL_ARGS+=(evaluation.laplace_predictive="$LAPLACE_PREDICTIVE")
+[[ -n "${LAPLACE_BATCH_SIZE:-}" ]] && EVAL_ARGS+=(evaluation.laplace_batch_size="$LAPLACE_BATCH_SIZE")
+[[ -n "${LAPLACE_JACOBIAN_ROWS:-}" ]] && EVAL_ARGS+=(evaluation.laplace_jacobian_rows="$LAPLACE_JACOBIAN_ROWS")
 if [[ "$RUNS" == several ]]; then
   [[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
   read -r -a MEMBERS <<< "$PATHS"

@@ -201,6 +201,12 @@ class EvaluationConfig:
     laplace_hessian: str = opt("Kronecker-factored (KFAC) or diagonal GGN", choices=("kron", "diag"))
     laplace_predictive: str = opt("linearised (probit, or num_samples logit samples) or num_samples weight samples",
                                   choices=("glm_probit", "glm_mc", "nn_mc"))
+    laplace_batch_size: int | None = opt("rows per batch of the Laplace fit over the training rows; null = the run's "
+                                         "experiment.eval_batch_size (KFAC adds its factors batch by batch, so the fit "
+                                         "depends on it; memory grows with it)", check="positive_int")
+    laplace_jacobian_rows: int = opt("rows per Jacobian call of the whole-model GLM predictive (laplace-torch); memory "
+                                     "grows with it, and on a 135M causal LM one row at a time was also the fastest",
+                                     check="positive_int")
     table_methods: list = opt("the closing table after training: any of map, dropout, swa, swag, laplace, ll-laplace, "
                               "ivon, temperature (those the run has the files for)")
 

@@ -126,6 +126,33 @@ def test_laplace_factors_are_saved_once_and_reused(llama_run, monkeypatch):
     assert first["label"] == "laplace" and first["settings"]["laplace_hessian"] == "kron"
 
 
+@pytest.mark.slow
+def test_laplace_fit_batch_size_refits_and_jacobian_rows_keep_the_numbers(llama_run, monkeypatch):
+    pytest.importorskip("laplace", reason="laplace-torch is not installed (pip install --no-deps -r requirements-laplace.txt)")
+    """The diagonal GGN is a plain sum over rows, so the fit's batch size leaves it unchanged (KFAC's would not: it
+    adds factors batch by batch); the Jacobians' rows only bound the memory.  A changed batch size refits."""
+    fits = []
+    fit = LoraLaplace.fit
+    monkeypatch.setattr(LoraLaplace, "fit", lambda self, loader, *a: (fits.append(loader.batch_size), fit(self, loader, *a))[1])
+
+    def evaluate_laplace(*extra):
+        plan = resolve_plan(parse_eval(compose(f"evaluation.eval_model_path={llama_run}", "evaluation.eval_method=laplace",
+                                               "evaluation.laplace_hessian=diag", "experiment.max_eval_samples=12",
+                                               "experiment.ood_task=", f"evaluation.output_dir={llama_run / 'lap_bs'}",
+                                               *extra, config_name="eval")))
+        return evaluate(plan, distributed=False)[0]
+    default = evaluate_laplace()
+    small = evaluate_laplace("evaluation.laplace_batch_size=5", "evaluation.laplace_jacobian_rows=1")
+    again = evaluate_laplace("evaluation.laplace_batch_size=5")
+    run_batch = load_run(llama_run, device="cpu").config.experiment.eval_batch_size
+    assert fits == [run_batch, 5] and run_batch != 5                 # the third evaluation reused the second's fit
+    assert (llama_run / "laplace_model" / "all_diag.adapter").read_text().endswith(" batch_size=5")
+    assert small["settings"]["laplace_batch_size"] == 5 and default["settings"]["laplace_batch_size"] is None
+    for name in ("nll", "ece", "accuracy", "brier"):
+        assert small["metrics"][name] == pytest.approx(default["metrics"][name], rel=1e-5, abs=1e-7)
+        assert again["metrics"][name] == pytest.approx(small["metrics"][name], rel=1e-6, abs=1e-8)
+
+
 def test_ivon_posterior_is_its_hessian_estimate():
     """The posterior read off a trained IVON is N(params, 1 / (ess (hess + weight_decay))); samples follow it."""
     torch.manual_seed(0)
@@ -177,7 +204,7 @@ def test_every_method_through_the_evaluation_scripts_and_the_closing_table(tmp_p
     out = tmp_path / "eval"
     env = subprocess_env(NUM_SAMPLES="2", OOD_TASK="demo", OOD_SUBTASK="shifted")
     env.pop("SLURM_JOB_ID", None)
-    for script, extra in [("evaluate_laplace.bash", {"MODEL_PATH": str(llama_run)}),
+    for script, extra in [("evaluate_laplace.bash", {"MODEL_PATH": str(llama_run), "LAPLACE_BATCH_SIZE": "4", "LAPLACE_JACOBIAN_ROWS": "1"}),
                           ("evaluate_laplace.bash", {"MODEL_PATH": str(llama_run), "LAPLACE_SUBSET": "head",
                                                      "LAPLACE_PREDICTIVE": "glm_probit", "TEMPERATURE_SCALING": "true"}),
                           ("evaluate_ivon.bash", {"MODEL_PATH": str(ivon)})]:

@@ -175,23 +175,30 @@ class Laplace(Method):
         e = self.evaluation
         return {"num_samples": 1 if e.laplace_predictive == "glm_probit" else e.num_samples,
                 "laplace_subset": e.laplace_subset, "laplace_hessian": e.laplace_hessian,
-                "laplace_predictive": e.laplace_predictive}
+                "laplace_predictive": e.laplace_predictive, "laplace_batch_size": e.laplace_batch_size}
 
     def posterior(self, run, data: Batches) -> tuple[LoraLaplace, dict]:
-        """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ changed)."""
+        """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ or the fit's batch size
+        changed)."""
+        import torch
         e, model = self.evaluation, run.model
         model.load_adapter(run.directory / "base_model")
         named = model.trainable_state() if e.laplace_subset == "all" else model.head_tensors()
         folder, name = run.directory / "laplace_model", f"{e.laplace_subset}_{e.laplace_hessian}"
+        loader = data.training(run)
+        if e.laplace_batch_size:
+            loader = torch.utils.data.DataLoader(loader.dataset, batch_size=e.laplace_batch_size, collate_fn=loader.collate_fn)
+        # which MAP adapter the factors belong to, and the fit's batch size (KFAC adds its factors batch by batch)
         adapter = hashlib.sha1((run.directory / "base_model" / "adapter_model.safetensors").read_bytes()).hexdigest()
+        adapter += f" batch_size={loader.batch_size}"
         meta = folder / f"{name}.json"
         if meta.is_file() and (folder / f"{name}.adapter").is_file() and (folder / f"{name}.adapter").read_text() == adapter:
             return LoraLaplace.load(folder, name, model, named), named
         post = LoraLaplace(model, named, e.laplace_hessian)
-        post.fit(data.training(run))
+        post.fit(loader)
         if data.accelerator is None or data.accelerator.is_main_process:
             post.save(folder, name)
-            (folder / f"{name}.adapter").write_text(adapter)    # which MAP adapter the factors belong to
+            (folder / f"{name}.adapter").write_text(adapter)
         return post, named
 
     def draws(self, run, member, data):
@@ -233,7 +240,7 @@ class Laplace(Method):
                 J = torch.cat([jac[inside[id(t)]].reshape(*f_mu.shape, -1) for t in named.values()], -1)
                 probs = post.glm(f_mu, J, e.laplace_predictive, samples, generator)
             else:
-                probs = post.predictive(batch, e.laplace_predictive, samples, generator)
+                probs = post.predictive(batch, e.laplace_predictive, samples, generator, rows=e.laplace_jacobian_rows)
             for s in range(samples):
                 out[s].append(probs[s].detach().cpu().numpy().astype(np.float64))
             indices.append(index)
