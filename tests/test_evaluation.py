@@ -189,7 +189,8 @@ def test_report_keeps_every_setting_that_changes_the_predictive_apart():
     from swag_lora.predict.methods import make_method
     base = dict(eval_model_path="", eval_model_paths=[], num_samples=1, swag_sample_scale=0.0, swag_cov_mat=True,
                 only_ood=False, seed=0, temperature_scaling=True, ece_bins=15, split="test", sort_by_length=True, output_dir="",
-                laplace_subset="all", laplace_hessian="kron", laplace_predictive="nn_mc", table_methods=[])
+                laplace_subset="all", laplace_hessian="kron", laplace_predictive="nn_mc", laplace_batch_size=None,
+                laplace_jacobian_rows=8, table_methods=[])
     assert make_method(EvaluationConfig(eval_method="swag", **base)).label() == "swa"
     assert make_method(EvaluationConfig(eval_method="multiswag", **base)).label() == "multiswa"
 

@@ -175,7 +175,8 @@ class Laplace(Method):
         e = self.evaluation
         return {"num_samples": 1 if e.laplace_predictive == "glm_probit" else e.num_samples,
                 "laplace_subset": e.laplace_subset, "laplace_hessian": e.laplace_hessian,
-                "laplace_predictive": e.laplace_predictive, "laplace_batch_size": e.laplace_batch_size}
+                "laplace_predictive": e.laplace_predictive,
+                **({"laplace_batch_size": e.laplace_batch_size} if e.laplace_batch_size else {})}   # set: it changes the fit
 
     def posterior(self, run, data: Batches) -> tuple[LoraLaplace, dict]:
         """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ or the fit's batch size
