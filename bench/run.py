@@ -490,12 +490,12 @@ READING = """
   traffic against the floor's 6 P (three plain copies), so about 2x is what unfused PyTorch ops can reach; runs on
   this shared 2-core machine measure 1.5-2.1x. A fused kernel (torch.compile/Triton) would reach the floor; not done.
 * **vs the original design** on the CPU at LoRA scale *without* the base model, both designs are bound by the same
-  memory traffic and random numbers: in the same run the original costs only 9.6-13x the collect floor and
-  6.6-8.1x the sample floor (the detail column), so >= 10x is out of reach for sample on the CPU by construction;
+  memory traffic and random numbers: in the same run the original costs only 9.6-13.2x the collect floor and
+  6.6-8.3x the sample floor (the detail column), so >= 10x is out of reach for sample on the CPU by construction;
   these rows are information on the CPU (the floors above are the CPU targets) and a target (>= 10x) on the GPU. On a GPU, where users train, the original kept
   its buffers on the CPU and copied the model there at every collect: 307-314x (collect) and 386-490x (sample) on
   an H200 -- see [BENCHMARKS_GPU.md](BENCHMARKS_GPU.md). Counting the copy of the whole model, base included
-  (the *estimate* rows, at the bandwidth measured in the same run): 27-170x on the CPU.
+  (the *estimate* rows, at the bandwidth measured in the same run): 25-176x on the CPU (two runs).
 * **sample** (`SwagPosterior.sample_`: drawn into one reused buffer, written into the model's tensors in one
   batched copy) is within 1.5x of drawing P normals plus one copy (and of that plus one K x P mat-vec with the
   low-rank term): the random numbers dominate.
