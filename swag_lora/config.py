@@ -284,13 +284,10 @@ def validate_eval(cfg: EvalConfig) -> None:
         if overrides.ood_task is not None:
             _fail(f"experiment.ood_tasks={list(overrides.ood_tasks)} and experiment.ood_task={overrides.ood_task!r} "
                   f"both given; allowed: one of them")
-        for task, subtask in ood_task_list(overrides):
-            try:
-                check_task(DataOverrides(ood_task=task, ood_subtask=subtask), "ood_task", "ood_subtask")
-            except ConfigError as e:   # name the list entry, not experiment.ood_task, which the user did not set
-                entry = f"{task}/{subtask}" if subtask else task
-                raise ConfigError(f"experiment.ood_tasks entry {entry!r}: "
-                                  + str(e).replace("experiment.ood_subtask", "subtask").replace("experiment.ood_task", "task")) from None
+        for task, subtask in ood_task_list(overrides):   # named as the list entry, not as experiment.ood_task
+            entry = f"{task}/{subtask}" if subtask else task
+            check_task(DataOverrides(ood_task=task, ood_subtask=subtask), "ood_task", "ood_subtask",
+                       names=("task", "subtask"), prefix=f"experiment.ood_tasks entry {entry!r}: ")
     if evaluation.only_ood and (overrides.ood_task == "" or overrides.ood_tasks == []):
         _fail("evaluation.only_ood=true but experiment.ood_task is empty")
 
@@ -455,17 +452,20 @@ def go_offline() -> None:
         os.environ[var] = "1"
 
 
-def check_task(exp, task_key: str, subtask_key: str) -> None:
+def check_task(exp, task_key: str, subtask_key: str, names: tuple[str, str] | None = None, prefix: str = "") -> None:
+    """`exp.<task_key>` / `exp.<subtask_key>` name a known classification task; errors name them as
+    `experiment.<key>`, or as `names` after `prefix` (e.g. an entry of a list key)."""
     task_name, subtask = getattr(exp, task_key), getattr(exp, subtask_key) or ""
+    task_label, subtask_label = names or (f"experiment.{task_key}", f"experiment.{subtask_key}")
     if task_name not in TASK_NAMES:
-        _fail(f"unknown experiment.{task_key} {task_name!r}; allowed: {', '.join(TASK_NAMES)}")
+        _fail(f"{prefix}unknown {task_label} {task_name!r}; allowed: {', '.join(TASK_NAMES)}")
     task = get_task(task_name)
     try:
-        check_subtask(task, subtask, f"experiment.{subtask_key}")
+        check_subtask(task, subtask, subtask_label)
     except ValueError as e:
-        _fail(str(e))
+        _fail(f"{prefix}{e}")
     if task.regression:
-        _fail(f"experiment.{task_key}={task.name!r} is a regression task (similarity scores 0-5); swag-lora's "
+        _fail(f"{prefix}{task_label}={task.name!r} is a regression task (similarity scores 0-5); swag-lora's "
               f"training and metrics are for classification; allowed: any other task")
 
 

@@ -175,11 +175,12 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
     collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
     info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
             "split_source": source, "num_examples": len(feats)}
-    return Batches(feats, collator, plan.batch_size[dist], accelerator, lambda r: training_loader(plan, r)), info
+    return Batches(feats, collator, plan.batch_size[dist], accelerator, lambda r, batch_size=None: training_loader(plan, r, batch_size)), info
 
 
-def training_loader(plan: Plan, run: LoadedRun):
-    """The run's own training rows (as it trained on them: carving, max_train_samples), batched."""
+def training_loader(plan: Plan, run: LoadedRun, batch_size: int | None = None):
+    """The run's own training rows (as it trained on them: carving, max_train_samples), in batches of `batch_size`
+    (default: the run's eval batch size)."""
     import torch
     exp = run.config.experiment
     task = get_task(exp.task)
@@ -188,7 +189,7 @@ def training_loader(plan: Plan, run: LoadedRun):
     feats = encode(rows[: exp.max_train_samples or None], run.tokenizer, run.model.arch, task, run.config.model.max_length,
                    exp.prompt_style)
     collator = Collator(run.tokenizer.pad_token_id, run.model.arch, run.model.num_choices, run.tokenizer.padding_side)
-    return torch.utils.data.DataLoader(feats, batch_size=exp.eval_batch_size, collate_fn=collator)
+    return torch.utils.data.DataLoader(feats, batch_size=batch_size or exp.eval_batch_size, collate_fn=collator)
 
 
 def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | None, str]:

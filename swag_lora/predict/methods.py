@@ -30,8 +30,8 @@ def register(cls):
 
 @dataclass
 class Batches:
-    """The rows one evaluation scores: features, their collator, and how to batch them; `training` gives a run's
-    training rows as a loader (for methods fitted post hoc, e.g. Laplace)."""
+    """The rows one evaluation scores: features, their collator, and how to batch them; `training(run, batch_size=None)`
+    gives a run's training rows as a loader (for methods fitted post hoc, e.g. Laplace)."""
     features: list
     collator: object
     batch_size: int
@@ -181,14 +181,11 @@ class Laplace(Method):
     def posterior(self, run, data: Batches) -> tuple[LoraLaplace, dict]:
         """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ or the fit's batch size
         changed)."""
-        import torch
         e, model = self.evaluation, run.model
         model.load_adapter(run.directory / "base_model")
         named = model.trainable_state() if e.laplace_subset == "all" else model.head_tensors()
         folder, name = run.directory / "laplace_model", f"{e.laplace_subset}_{e.laplace_hessian}"
-        loader = data.training(run)
-        if e.laplace_batch_size:
-            loader = torch.utils.data.DataLoader(loader.dataset, batch_size=e.laplace_batch_size, collate_fn=loader.collate_fn)
+        loader = data.training(run, e.laplace_batch_size)
         # which MAP adapter the factors belong to, and the fit's batch size (KFAC adds its factors batch by batch)
         adapter = hashlib.sha1((run.directory / "base_model" / "adapter_model.safetensors").read_bytes()).hexdigest()
         adapter += f" batch_size={loader.batch_size}"
