@@ -5,7 +5,8 @@ evaluation: the in-distribution rows are scored once), and ends with
 `python -m swag_lora.report` over the protocol's evaluations.  It resumes where it stopped: a training run that
 finished (run_info.json) and an evaluation that finished (its marker in <out>/done/) are skipped, and a killed
 training run resumes from its checkpoint (experiment.resume=auto).  Every step is a subprocess with one thread,
-logged to <out>/logs/; evaluations write to <out>/eval/<name>/seed<seed>/; CPU seconds per step go to
+logged to <out>/logs/; evaluations write to <out>/eval/<name>/seed<seed>/ (an evaluation of several runs, with 3 or
+more seeds: one per leave-one-out member set, <out>/eval/<name>/without<seed>/); CPU seconds per step go to
 <out>/timings.json.  `seed=N` runs one seed (its trainings and single-run evaluations); `run=NAME` runs one training
 run and the evaluations that read it, so that a partial protocol already has results.
 
@@ -16,7 +17,7 @@ protocol.yaml:
     runs: {name: [overrides]}                    # one training run per name and seed
     evaluations:                                 # each with every seed, on the ID task and each OOD task
       - {name: map, run: swag, method: base, overrides: []}
-      - {name: ensemble, runs: map, method: ensemble}          # members: the runs of every seed
+      - {name: ensemble, runs: map, method: ensemble}          # members: with >= 3 seeds, each leave-one-out set
     ood: [[task, subtask], ...]
     eval_common: [overrides for every evaluation]
 """
@@ -74,8 +75,51 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return found[0]
 
 
+PROTOCOL_KEYS = {"out": str, "seeds": list, "common": list, "runs": dict, "evaluations": list, "ood": list, "eval_common": list}
+
+
+def load_protocol(argv: list[str]) -> dict:
+    """protocol.yaml, checked: each problem is one line naming the key, before anything runs."""
+    if not argv:
+        raise SystemExit("error: no protocol given; usage: python experiments/run.py experiments/<protocol>/protocol.yaml "
+                         "[seed=N] [run=NAME]")
+    path = Path(argv[0])
+    if not path.is_file():
+        raise SystemExit(f"error: protocol file {path} does not exist")
+    try:
+        protocol = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(protocol, dict):
+        raise SystemExit(f"error: {path} must be a mapping with keys {', '.join(PROTOCOL_KEYS)}")
+    for key in ("out", "seeds", "runs", "evaluations"):
+        if key not in protocol:
+            raise SystemExit(f"error: {path} has no {key!r}; required: out, seeds, runs, evaluations")
+    for key, value in protocol.items():
+        if key not in PROTOCOL_KEYS:
+            raise SystemExit(f"error: {path}: unknown key {key!r}; allowed: {', '.join(PROTOCOL_KEYS)}")
+        if not isinstance(value, PROTOCOL_KEYS[key]) and not (value is None and key != "out"):
+            raise SystemExit(f"error: {path}: {key} must be a {PROTOCOL_KEYS[key].__name__}")
+    for i, ev in enumerate(protocol["evaluations"]):
+        if not isinstance(ev, dict) or "name" not in ev or "method" not in ev or ("run" in ev) == ("runs" in ev):
+            raise SystemExit(f"error: {path}: evaluations entry {i} must have name, method and one of run / runs")
+        source = ev.get("run", ev.get("runs"))
+        if source not in protocol["runs"]:
+            raise SystemExit(f"error: {path}: evaluation {ev['name']!r} reads run {source!r}, which the protocol does not "
+                             f"train; allowed: {', '.join(protocol['runs'])}")
+    return protocol
+
+
+def member_sets(seeds: list[int]) -> list[tuple[str, list[int]]]:
+    """The member sets of an evaluation of several runs: with 3 or more seeds the leave-one-out sets (n - 1 members
+    each, keyed by the seed left out), whose spread the report turns into a jackknife interval; with fewer, one set."""
+    if len(seeds) >= 3:
+        return [(f"without{s}", [t for t in seeds if t != s]) for s in seeds]
+    return [(f"seed{seeds[0]}", list(seeds))]
+
+
 def main(argv: list[str]) -> int:
-    protocol = yaml.safe_load(Path(argv[0]).read_text())
+    protocol = load_protocol(argv)
     out = REPO / protocol["out"]
     seeds = protocol["seeds"]
     only = dict(a.split("=", 1) if "=" in a else (a, None) for a in argv[1:])   # optional filters: seed=0, run=swag
@@ -90,34 +134,52 @@ def main(argv: list[str]) -> int:
         if only.get("run", name) != name:
             continue
         for seed in seeds:
-            step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *protocol["common"], *overrides,
-                                                   f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
+            step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *(protocol.get("common") or []),
+                                                   *(overrides or []), f"experiment.seed={seed}",
+                                                   f"experiment.save_folder={out / 'runs' / name}",
                                                    "experiment.eval_upon_save=false"])
     # one evaluation per (evaluation, seed) scores the in-distribution rows once and every OOD task against them
-    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood", [])]
+    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood") or []]
     ood = [f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else []
     for ev in protocol["evaluations"]:
         source = ev.get("run", ev.get("runs"))
         if only.get("run", source) != source:
             continue
-        # several members ("runs"): one evaluation over every seed's run, recorded under the first seed
-        for seed in ([] if "seed" in only else protocol["seeds"][:1]) if "runs" in ev else seeds:
-            if "runs" in ev:
-                paths = ",".join(f'"{run_dir(out, source, s)}"' for s in protocol["seeds"])
-                where = [f"evaluation.eval_model_paths=[{paths}]"]
-            else:
-                where = [f"evaluation.eval_model_path={run_dir(out, source, seed)}"]
-            step(out, f"eval_{ev['name']}_seed{seed}",
-                 [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
-                  *protocol.get("eval_common", []), *ev.get("overrides", []), *ood,
-                  f"evaluation.output_dir={out / 'eval' / ev['name'] / f'seed{seed}'}"])
+        if "runs" in ev:         # several members: every member set, once every seed has trained
+            todo = [] if "seed" in only else member_sets(protocol["seeds"])
+            where = {tag: [f"evaluation.eval_model_paths=[{','.join(chr(34) + str(run_dir(out, source, s)) + chr(34) for s in members)}]"]
+                     for tag, members in todo}
+        else:
+            todo = [(f"seed{seed}", [seed]) for seed in seeds]
+            where = {tag: [f"evaluation.eval_model_path={run_dir(out, source, members[0])}"] for tag, members in todo}
+        for tag, _ in todo:
+            step(out, f"eval_{ev['name']}_{tag}",
+                 [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where[tag],
+                  *(protocol.get("eval_common") or []), *ev.get("overrides", []), *ood,
+                  f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
-                         "--metrics", "accuracy", "nll", "ece", "brier", "auroc_entropy"])
+                         "--metrics", *REPORT_METRICS])
+    print_gates(out / "report.csv")
     timings = read_timings(out)
     total = sum(v["cpu_seconds"] for v in timings.values())
     print(f"[done] {out}: {len(timings)} steps, {total / 3600:.2f} CPU hours")
     return 0
+
+
+REPORT_METRICS = ("accuracy", "nll", "ece", "ece_10", "ece_20", "brier", "auroc_entropy")
+
+
+def print_gates(csv_path: Path) -> None:
+    """Per evaluated split, whether MAP is above chance there (the report shows no comparison where it is not)."""
+    import csv
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["method"] != "map" or not row["chance"]:
+                continue
+            verdict = "above" if row["above_chance"] == "True" else "NOT above (no method comparison shown)"
+            print(f"[gate] {row['distribution']}/{row['task']} ({row['rows']} rows): MAP {float(row['map_accuracy']):.4f} "
+                  f"{verdict} chance {float(row['chance']):.4f}, binomial 95% bound {float(row['chance_bound']):.4f}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ SCHEDULERS = ("constant", "linear", "cosine", "cosine_hard_restarts")
 ANNEAL_STRATEGIES = ("linear", "cos", "cosine", "constant", "cosine_hard_restarts")
 MODULES_TO_SWAG = ("grad_only", "lora_only", "head", "all")
 PROMPT_STYLES = ("original", "lines")
+CHOICE_SCORINGS = ("letter", "loglik", "loglik_norm")
 
 
 @dataclass
@@ -100,7 +101,15 @@ class ExperimentConfig:
     val_split_size: float = opt("fraction of train carved as validation where the test split has no labels (the same "
                                 "rows as the original's train_test_split(test_size, seed))", check="fraction", alias="val_fraction")
     val_fraction: float = opt("this project's name of val_split_size", check="fraction")
+    test_split_size: float = opt("> 0: train, validation and test are all carved from the task's labelled evaluation split "
+                                 "(this fraction becomes test, the same rows for every seed; val_split_size of the rest "
+                                 "validation): for a task whose training split is not at hand, e.g. QNLI offline (GLUE's "
+                                 "dev.tsv only); 0 = the task's own splits", check="fraction0")
     prompt_style: str = opt("causal LMs on multiple choice: the original's one-line prompt, or lines", choices=PROMPT_STYLES)
+    choice_scoring: str = opt("causal LMs: the original's letter head (letter), or each choice scored by the summed "
+                              "(loglik) or per-token mean (loglik_norm) log-likelihood of its tokens after the prompt, as "
+                              "a softmax over the choices (lm-eval's acc / acc_norm; LoRA alone is trained); encoders: "
+                              "letter", choices=CHOICE_SCORINGS)
     arc_all_items: bool = opt("keep ARC's 3- and 5-choice questions (opt-in; the original keeps the 4-choice ones)")
     max_train_samples: int = opt("truncate the training split (0 = all; smoke tests)", check="nonneg_int")
     max_eval_samples: int = opt("truncate validation and evaluation splits (0 = all)", check="nonneg_int")
@@ -162,16 +171,26 @@ class SwagConfig(MethodConfig):
 
 @dataclass
 class IvonConfig(MethodConfig):
-    """IVON (variational learning; ivon-opt): the LoRA (+ head) tensors trained by IVON instead of AdamW, whose state
-    is a diagonal Gaussian posterior (saved in ivon_model/ at the lowest validation loss of its mean)."""
-    ivon_learning_rate: float | None = opt("IVON's learning rate (its updates are rescaled by the Hessian: 0.1-0.5 where "
-                                           "AdamW takes 1e-3); null: experiment.learning_rate", check="positive")
-    ivon_ess: float | None = opt("effective sample size (null: the number of training rows)", check="positive")
-    ivon_hess_init: float = opt("initial Hessian estimate", check="positive")
+    """IVON (variational learning; ivon-opt): the trained tensors (LoRA; an encoder's or letter head's too) trained by
+    IVON instead of AdamW, whose state is a diagonal Gaussian posterior (saved in ivon_model/ at the lowest validation
+    loss of its mean).  The defaults are team-approx-bayes/ivon-lora's recipe for ARC / OBQA: lr 0.03 with a linear
+    decay and no warm-up, ess 1e6, hess_init 1e-3, clip_radius 1e-3, rescale_lr false, weight decay 0, beta2 0.99999,
+    one training sample per step."""
+    ivon_learning_rate: float | None = opt("IVON's learning rate (ivon-lora: 0.03, decayed linearly to 0); null: "
+                                           "experiment.learning_rate", check="positive")
+    ivon_ess: float | None = opt("effective sample size: the posterior's precision is ess (h + delta) (ivon-lora: 1e6 "
+                                 "on ARC / OBQA, 1e7-1e8 on WinoGrande / BoolQ); null: the number of training rows",
+                                 check="positive")
+    ivon_hess_init: float = opt("initial Hessian estimate h0 (ivon-lora: 1e-3 on ARC / OBQA, 3e-4 elsewhere)", check="positive")
     ivon_beta1: float = opt("momentum of the gradient", check="fraction0")
     ivon_beta2: float = opt("momentum of the Hessian estimate", check="fraction")
-    ivon_weight_decay: float = opt("weight decay (the prior precision delta)", check="nonneg")
+    ivon_weight_decay: float = opt("weight decay (the prior precision delta; ivon-lora: 0)", check="nonneg")
     ivon_train_samples: int = opt("weight samples (forward + backward passes) per optimizer step", check="positive_int")
+    ivon_clip_radius: float | None = opt("clip each element of the (Hessian-preconditioned) update to +-radius (ivon-lora: "
+                                         "1e-3); null: no clipping", check="positive")
+    ivon_rescale_lr: bool = opt("rescale the learning rate by (h0 + delta), ivon-opt's default; ivon-lora: false")
+    ivon_warmup_length: float = opt("warm-up fraction of IVON's schedule, in place of experiment.warmup_length (ivon-lora: "
+                                    "0, a linear decay from the first step)", check="fraction0")
 
     def learning_rate(self, exp: ExperimentConfig) -> float:
         """IVON's learning rate: ivon_learning_rate, or experiment.learning_rate where it is null."""
@@ -187,6 +206,9 @@ class EvaluationConfig:
     eval_model_path: str = opt("a run directory (or its base_model/ or swag_model/ folder)")
     eval_model_paths: list = opt("ensemble / MultiSWAG members (run directories)")
     num_samples: int = opt("dropout passes or posterior samples per member", check="positive_int")
+    dropout_scope: str = opt("MC dropout: only the nn.Dropout modules sample (modules: LoRA's and the encoder's hidden "
+                             "dropout; the original's set_dropout_training), or model.train() (whole_model: attention "
+                             "dropout too)", choices=("modules", "whole_model"))
     swag_sample_scale: float | None = opt("SWAG scale s (0 = SWA); null = the run's method.swag_sample_scale", check="nonneg")
     swag_cov_mat: bool = opt("use the SWAG low-rank term")
     only_ood: bool = opt("evaluate the OOD task only")
@@ -204,6 +226,11 @@ class EvaluationConfig:
     laplace_batch_size: int | None = opt("rows per batch of the Laplace fit over the training rows; null = the run's "
                                          "experiment.eval_batch_size (KFAC adds its factors batch by batch, so the fit "
                                          "depends on it; memory grows with it)", check="positive_int")
+    laplace_prior: str = opt("how Laplace's prior precision delta is chosen: the marginal likelihood (laplace-torch), or "
+                             "the lowest validation NLL (probit GLM predictive, the run's own validation rows) over "
+                             "laplace_prior_grid (Laplace-LoRA offers both); the chosen delta and its source are recorded",
+                             choices=("marglik", "val_nll"))
+    laplace_prior_grid: list = opt("the prior precisions laplace_prior=val_nll tries")
     laplace_jacobian_rows: int = opt("rows per Jacobian call of the whole-model GLM predictive (laplace-torch); memory "
                                      "grows with it, and on a 135M causal LM one row at a time was also the fastest",
                                      check="positive_int")
@@ -231,6 +258,9 @@ class DataOverrides:
                                  "ood_task (the in-distribution rows are scored once; each split's numbers are "
                                  "those of its own evaluation)", optional=True)
     ood_batch_size: int | None = opt("OOD batch size", check="positive_int", optional=True)
+    ood_split: str = opt("the rows of each OOD task: its test split, or all its labelled rows (official test, "
+                         "validation, then train: a model trained on another task saw none of them)",
+                         choices=("test", "all"), default="test")
     eval_batch_size: int | None = opt("in-distribution batch size", check="positive_int", optional=True)
     offline: bool | None = opt("read the offline layout (no network)", optional=True)
     data_path: str | None = opt("offline datasets", optional=True)
@@ -501,6 +531,11 @@ def check_offline(run: RunConfig, tasks: list[tuple[str, str]]) -> None:
                           f"(experiment.data_path={exp.data_path!r}; write it with download_datasets4cluster.py)")
 
 
+NO_LOGLIK_HEAD = ("choice log-likelihoods go through the LM's own output layer (frozen, tied to the embeddings), so "
+                  "there is no trained head for a last-layer posterior; allowed: posteriors over LoRA "
+                  "(method.modules_to_swag=grad_only, evaluation.laplace_subset=all)")
+
+
 def validate_train(run: RunConfig) -> None:
     """Checks across fields for a training run (the per-field ones ran in `parse_run`)."""
     exp, m = run.experiment, run.method
@@ -511,6 +546,15 @@ def validate_train(run: RunConfig) -> None:
         if exp.ood_task == exp.task and exp.ood_subtask == exp.subtask:
             _fail(f"experiment.ood_task={exp.ood_task!r} with ood_subtask={exp.ood_subtask!r} is the in-distribution task "
                   f"itself; choose another task or subtask")
+    if exp.choice_scoring != "letter":
+        if run.model.family != "causal":
+            _fail(f"experiment.choice_scoring={exp.choice_scoring} scores a causal LM's choice tokens; model "
+                  f"{run.model.name!r} is an encoder; allowed: letter")
+        if isinstance(m, SwagConfig) and m.modules_to_swag == "head":
+            _fail(f"method.modules_to_swag=head with experiment.choice_scoring={exp.choice_scoring}: {NO_LOGLIK_HEAD}")
+        if "ll-laplace" in run.evaluation.table_methods:
+            _fail(f"evaluation.table_methods entry 'll-laplace' with experiment.choice_scoring={exp.choice_scoring}: "
+                  f"{NO_LOGLIK_HEAD}")
     if exp.scheduler == "cosine_hard_restarts" and not float(exp.num_lr_cycles).is_integer():
         _fail(f"experiment.num_lr_cycles={exp.num_lr_cycles} must be an integer for experiment.scheduler=cosine_hard_restarts")
     if exp.batch_size % exp.gradient_accumulation_steps:

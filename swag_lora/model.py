@@ -4,6 +4,10 @@
   token (padding is on the LEFT) through a trained "letter head": a C x hidden linear layer initialised
   from the LM head's rows for the choice letters " A", " B", ...  For classification tasks the choices
   are the label names.  The prompt is documented in README ("Prompt").
+  With `experiment.choice_scoring=loglik` (or `loglik_norm`) a causal LM instead scores each choice by the summed
+  (or per-token mean) log-probability of the choice's tokens after the prompt, lm-eval's acc (acc_norm) -- no
+  head: the LM's own output layer, frozen, and LoRA alone is trained.  Small LMs (135M-270M) stay at chance with the
+  letter head and reach ARC-Easy 0.46-0.60 zero-shot this way.
 * Encoders (BERT, RoBERTa, ...) use sequence classification (GLUE-style tasks) or multiple choice.
 
 LoRA comes from peft; the head is trained.  Nothing here knows about SWAG: it only exposes
@@ -22,12 +26,11 @@ from torch import nn
 
 from swag_lora.config import MODULES_TO_SWAG
 from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
+from swag_lora.data.encode import CAUSAL_HEAD_SIZE, LETTERS
 from swag_lora.distributed import reshard, write_
 
-LETTERS = "ABCDEFGHIJ"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_FILE = "letter_head.safetensors"
-CAUSAL_HEAD_SIZE = 5   # letters A-E: every multiple-choice and classification task fits, so any task can be OOD
 META_FILE = "choice_model.json"
 
 
@@ -129,12 +132,14 @@ def load_base_model(model_cfg, source: str, arch: str, num_labels: int, vocab_si
 class ChoiceModel(nn.Module):
     """A LoRA-adapted model that maps a batch to logits over (up to) `num_choices` answers."""
 
-    def __init__(self, peft_model: nn.Module, arch: str, num_choices: int, letter_ids: list[int] | None = None):
+    def __init__(self, peft_model: nn.Module, arch: str, num_choices: int, letter_ids: list[int] | None = None,
+                 normalize: bool = False):
         super().__init__()
         self.peft = peft_model
-        self.arch = arch    # causal (letter head), seq_cls or multiple_choice
+        self.arch = arch    # causal (letter head), loglik (choice log-likelihoods), seq_cls or multiple_choice
         self.num_choices = num_choices
         self.letter_ids = letter_ids
+        self.normalize = normalize    # loglik: the mean log-probability per choice token (loglik_norm), not the sum
         self.head = None
         if arch == "causal":
             base = peft_model.get_base_model()
@@ -142,8 +147,11 @@ class ChoiceModel(nn.Module):
             self.head = nn.Linear(weight.shape[1], num_choices, bias=False, device=weight.device)
             self.head.weight.data.copy_(weight)
 
-    def forward(self, input_ids, attention_mask, choice_mask, token_type_ids=None, labels=None) -> torch.Tensor:
-        if self.arch == "causal":
+    def forward(self, input_ids, attention_mask, choice_mask, token_type_ids=None, labels=None,
+                cont_ids=None, cont_mask=None) -> torch.Tensor:
+        if self.arch == "loglik":
+            logits = self.choice_logliks(input_ids, attention_mask, cont_ids, cont_mask)
+        elif self.arch == "causal":
             base = self.peft.get_base_model()
             backbone = getattr(base, base.base_model_prefix)
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, -1]
@@ -155,15 +163,59 @@ class ChoiceModel(nn.Module):
             logits = self.peft(**kwargs).logits.float()
         return logits.masked_fill(~choice_mask, torch.finfo(logits.dtype).min)
 
+    def choice_logliks(self, input_ids, attention_mask, cont_ids, cont_mask) -> torch.Tensor:
+        """B x C scores: sum_t log p(choice token t | prompt, choice tokens < t) over each choice's tokens, divided by
+        their number when `normalize`.  The prompt (B x L, left-padded) runs once; its keys and values are repeated for
+        the C choices (B C x K, right-padded), which continue it at the prompt's true positions.  The output layer
+        is applied only where a choice token is predicted."""
+        B, C, K = cont_ids.shape
+        base = self.peft.get_base_model()
+        backbone = getattr(base, base.base_model_prefix)
+        positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        prompt = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
+        cache = prompt.past_key_values
+        cache.batch_repeat_interleave(C)
+        ids, cmask = cont_ids.reshape(B * C, K), cont_mask.reshape(B * C, K)
+        start = attention_mask.sum(-1).repeat_interleave(C)[:, None]
+        cont = backbone(input_ids=ids, attention_mask=torch.cat([attention_mask.repeat_interleave(C, 0), cmask.long()], 1),
+                        position_ids=start + torch.arange(K, device=ids.device), past_key_values=cache, use_cache=True)
+        # the state before choice token t: the prompt's last for t = 0, the choice's own t - 1 after that
+        before = torch.cat([prompt.last_hidden_state[:, -1:].repeat_interleave(C, 0), cont.last_hidden_state[:, :-1]], 1)
+        rows = torch.arange(B * C, device=ids.device)[:, None].expand(-1, K)[cmask]
+        logits = base.get_output_embeddings()(before[cmask]).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        token_lp = torch.log_softmax(logits, -1).gather(-1, ids[cmask][:, None])[:, 0]
+        scores = torch.zeros(B * C, device=ids.device, dtype=token_lp.dtype).index_add(0, rows, token_lp)
+        if self.normalize:
+            scores = scores / cmask.sum(1).clamp_min(1)
+        return scores.reshape(B, C)
+
     # ------------------------------------------------------------ the head: last-layer posteriors
     def head_module(self) -> nn.Module:
         """The module that maps features to the (pre-mask) logits: the letter head of a causal LM, the trained copy
         of an encoder's classifier (peft modules_to_save)."""
         if self.arch == "causal":
             return self.head
-        wrappers = {n: m for n, m in self.peft.named_modules() if n.endswith("modules_to_save.default")}
-        name = next((n for n in wrappers if "classifier" in n or "score" in n), None) or list(wrappers)[-1]
-        return wrappers[name]
+        if self.arch == "loglik":
+            raise ValueError("experiment.choice_scoring=loglik scores choices through the LM's own output layer (frozen, "
+                             "tied to the embeddings): there is no trained head for a last-layer posterior; allowed: "
+                             "posteriors over LoRA (method.modules_to_swag=grad_only, evaluation.laplace_subset=all)")
+        suffix = ".modules_to_save.default"
+        wrappers = {n[: -len(suffix)]: m for n, m in self.peft.named_modules() if n.endswith(suffix)}
+        if not wrappers:
+            raise ValueError("this model has no trained head (no modules_to_save): last-layer posteriors need one; "
+                             "allowed: an encoder with model.modules_to_save=[classifier], or a causal LM's letter head")
+        # the module named exactly `classifier` / `score`: peft also wraps DistilBERT's `pre_classifier` (a hidden layer
+        # before the classifier), whose name ends in "classifier" too
+        exact = [n for n in wrappers if n.rsplit(".", 1)[-1] in ("classifier", "score")]
+        return wrappers[exact[-1] if exact else list(wrappers)[-1]]
+
+    def has_head(self) -> bool:
+        """Whether a trained head maps features to logits (last-layer posteriors apply)."""
+        return self.arch == "causal" or (self.arch != "loglik" and any(
+            n.endswith(".modules_to_save.default") for n, _ in self.peft.named_modules()))
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
         """The head's parameters, named as in `named_parameters` (what a last-layer posterior covers)."""
@@ -202,7 +254,7 @@ class ChoiceModel(nn.Module):
         if self.head is not None:
             save_file({"weight": state["head.weight"].detach().cpu().contiguous()}, str(folder / HEAD_FILE))
         (folder / META_FILE).write_text(json.dumps({"kind": self.arch, "num_choices": self.num_choices,
-                                                    "letter_ids": self.letter_ids}, indent=1))
+                                                    "letter_ids": self.letter_ids, "normalize": self.normalize}, indent=1))
 
     def adapter_keys(self) -> dict[str, str]:
         """Key in adapter_model.safetensors -> trainable tensor name, by peft's own naming (the adapter name
@@ -217,7 +269,7 @@ class ChoiceModel(nn.Module):
         """Load an adapter saved by `save_adapter` into the trainable tensors, in place (sharded ones too)."""
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
-        if meta["kind"] != self.arch or (self.arch != "multiple_choice" and meta["num_choices"] != self.num_choices):
+        if meta["kind"] != self.arch or (self.arch in ("causal", "seq_cls") and meta["num_choices"] != self.num_choices):
             raise ValueError(f"adapter in {folder} is a {meta['kind']} model with {meta['num_choices']} choices; "
                              f"this model is {self.arch} with {self.num_choices}")
         saved = load_file(str(folder / "adapter_model.safetensors"))
@@ -257,15 +309,24 @@ def letter_token_ids(tokenizer, n: int) -> list[int]:
     return ids
 
 
+def model_arch(model_cfg, exp_cfg, task) -> str:
+    """causal (letter head) or loglik (choice log-likelihoods) for a causal LM; seq_cls or multiple_choice for an
+    encoder, by the task's format."""
+    if model_cfg.family == "causal":
+        return "causal" if getattr(exp_cfg, "choice_scoring", "letter") == "letter" else "loglik"
+    return encoder_arch(task)
+
+
 def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel:
     """Base model + LoRA (peft) + head for `task`."""
     from peft import LoraConfig, TaskType, get_peft_model
-    arch = "causal" if model_cfg.family == "causal" else encoder_arch(task)
-    base = load_base_model(model_cfg, source, arch, task.num_choices if arch == "seq_cls" else 1, len(tokenizer))
+    arch = model_arch(model_cfg, exp_cfg, task)
+    base = load_base_model(model_cfg, source, "causal" if arch == "loglik" else arch,
+                           task.num_choices if arch == "seq_cls" else 1, len(tokenizer))
     target = list(model_cfg.lora_target_modules)
     common = dict(r=exp_cfg.lora_r, lora_alpha=exp_cfg.lora_alpha, lora_dropout=exp_cfg.lora_dropout,
                   target_modules=target, bias=exp_cfg.train_biases)
-    if arch == "causal":   # the letter head is trained in any case; modules_to_save as the original (e.g. [classifier])
+    if arch in ("causal", "loglik"):   # the letter head is trained in any case; modules_to_save as the original
         lora = LoraConfig(task_type=TaskType.CAUSAL_LM, modules_to_save=list(model_cfg.head_modules) or None, **common)
     elif arch == "seq_cls":
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, modules_to_save=list(model_cfg.head_modules), **common)
@@ -274,7 +335,7 @@ def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel
     peft_model = get_peft_model(base, lora)
     if arch == "causal":
         return ChoiceModel(peft_model, arch, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
-    return ChoiceModel(peft_model, arch, task.num_choices)
+    return ChoiceModel(peft_model, arch, task.num_choices, normalize=getattr(exp_cfg, "choice_scoring", "") == "loglik_norm")
 
 
 def load_model(model_cfg, exp_cfg, task, offline: bool = False, model_path: str | None = None):

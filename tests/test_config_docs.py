@@ -1,4 +1,4 @@
-"""The configuration is declared once (swag_lora/config.py): the README's table is generated from it, and every
+"""The configuration is declared once (swag_lora/config.py): docs/configuration.md's table is generated from it, and every
 YAML file holds exactly the declared keys."""
 import re
 
@@ -9,11 +9,11 @@ from swag_lora.config import (CONF, DataOverrides, EvaluationConfig, ExperimentC
                               parse_run)
 
 
-def test_readme_table_is_the_generated_one():
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- config-table:[^>]*-->\n(.*?)\n<!-- /config-table -->", readme, re.S)
-    assert block, "README.md has no generated config table"
-    assert block.group(1).strip() == markdown_table().strip(), "README is out of date: python -m swag_lora.config"
+def test_the_configuration_table_is_the_generated_one():
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- config-table:[^>]*-->\n(.*?)\n<!-- /config-table -->", doc, re.S)
+    assert block, "docs/configuration.md has no generated config table"
+    assert block.group(1).strip() == markdown_table().strip(), "docs/configuration.md is out of date: python -m swag_lora.config"
 
 
 @pytest.mark.parametrize("model", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))

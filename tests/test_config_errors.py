@@ -77,7 +77,7 @@ def test_the_verbatim_command_composes_and_validates():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: distilbert, llama_3_1_8b, llama_7b_hf"),
+    (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: distilbert, gemma3_270m, llama_3_1_8b, llama_7b_hf"),
     (["method=swa"], "error: unknown method 'swa'; allowed: ivon, map, swag, swag_demo"),
     (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
     (["experiment.scheduler=cosine", "experiment.lr_scheduler=linear"],

@@ -152,11 +152,11 @@ def test_ensemble_temperature_rows_are_held_out_by_every_member(shared_data, tmp
 
 
 def test_comparison_figure_has_one_row_of_panels_per_evaluated_split(monkeypatch, tmp_path):
-    from swag_lora import report
+    from swag_lora.report import figures as report
     figures = []
     monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig))
     nan = float("nan")
-    rows = [{"distribution": d, "task": t, "method": m, "nll": (1.0, 0.1), "auroc_entropy": (nan if d == "id" else 0.6, nan)}
+    rows = [{"distribution": d, "task": t, "method": m, "nll": (1.0, 0.1, 3), "auroc_entropy": (nan if d == "id" else 0.6, nan, 1)}
             for d, t in [("id", "obqa"), ("ood", "arc-c"), ("ood", "mmlu/physics")] for m in ["map", "swag", "ensemble"]]
     report.comparison_figure(rows, ("nll", "auroc_entropy"), tmp_path / "x.png")
     axes = figures[0].axes
@@ -190,7 +190,8 @@ def test_report_keeps_every_setting_that_changes_the_predictive_apart():
     base = dict(eval_model_path="", eval_model_paths=[], num_samples=1, swag_sample_scale=0.0, swag_cov_mat=True,
                 only_ood=False, seed=0, temperature_scaling=True, ece_bins=15, split="test", sort_by_length=True, output_dir="",
                 laplace_subset="all", laplace_hessian="kron", laplace_predictive="nn_mc", laplace_batch_size=None,
-                laplace_jacobian_rows=8, table_methods=[])
+                laplace_jacobian_rows=8, table_methods=[], dropout_scope="modules", laplace_prior="marglik",
+                laplace_prior_grid=[1.0])
     assert make_method(EvaluationConfig(eval_method="swag", **base)).label() == "swa"
     assert make_method(EvaluationConfig(eval_method="multiswag", **base)).label() == "multiswa"
 
@@ -361,3 +362,15 @@ def test_rte_classifier_scores_mrpc_with_aligned_labels(shared_data, tmp_path):
     npz = np.load(tmp_path / "eval" / f"{ood['name']}.npz")
     np.testing.assert_array_equal(npz["labels"], 1 - np.array(raw))    # MRPC's equivalent (1) is RTE's entailment (0)
     assert "labels as the classifier's: [1, 0]" in ood["split_source"]
+
+
+@pytest.mark.slow
+def test_temperature_scaling_on_the_scored_validation_split_is_refused(runs):
+    from swag_lora.config import ConfigError, parse_eval
+    from swag_lora.predict.evaluation import resolve_plan
+    for method, extra in (("base", ["evaluation.temperature_scaling=true"]), ("temperature", [])):
+        with pytest.raises(ConfigError, match="fit the temperature on the rows it scores"):
+            resolve_plan(parse_eval(compose(f"evaluation.eval_method={method}", f"evaluation.eval_model_path={runs[0]}",
+                                            "evaluation.split=validation", *extra, config_name="eval")))
+    resolve_plan(parse_eval(compose("evaluation.eval_method=base", f"evaluation.eval_model_path={runs[0]}",
+                                    "evaluation.split=validation", config_name="eval")))      # without TS: fine

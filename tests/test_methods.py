@@ -153,6 +153,48 @@ def test_laplace_fit_batch_size_refits_and_jacobian_rows_keep_the_numbers(llama_
         assert again["metrics"][name] == pytest.approx(small["metrics"][name], rel=1e-6, abs=1e-8)
 
 
+def load_file_(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def ivon_first_step(clip_radius, rescale_lr, grad_scale=1.0):
+    """The first update of IVON on a fixed least-squares problem (seeded), and its Hessian after the step."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.zeros(6))
+    opt = make_ivon([w], lr=0.1, ess=1e4, hess_init=0.3, beta1=0.9, beta2=0.99, weight_decay=0.02,
+                    clip_radius=clip_radius, rescale_lr=rescale_lr)
+    x, y = torch.randn(32, 6), torch.randn(32) * grad_scale
+    with opt.sampled_params(train=True):
+        opt.zero_grad()
+        ((x @ w - y) ** 2).mean().backward()
+    opt.step()
+    return w.detach().clone(), opt.param_groups[0]["hess"].clone()
+
+
+def test_ivon_clip_radius_and_rescale_lr_act_as_documented():
+    """With no clipping, rescale_lr multiplies the first step by (h0 + delta) exactly (the same sample, the same
+    Hessian update); clip_radius bounds every element of the step by lr * radius."""
+    plain, h = ivon_first_step(None, False)
+    rescaled, h2 = ivon_first_step(None, True)
+    torch.testing.assert_close(h, h2)
+    torch.testing.assert_close(rescaled, plain * (0.3 + 0.02))
+    clipped, _ = ivon_first_step(1e-3, False, grad_scale=100.0)
+    unclipped, _ = ivon_first_step(None, False, grad_scale=100.0)
+    assert unclipped.abs().max() > 0.1 * 1e-3 * 10 and clipped.abs().max() <= 0.1 * 1e-3 + 1e-9
+    torch.testing.assert_close(clipped.abs(), torch.full_like(clipped, 0.1 * 1e-3))       # every element saturated
+
+
+def test_method_ivon_defaults_are_ivon_loras_recipe():
+    run = run_config(*TINY, "method=ivon")
+    m = run.method
+    assert (m.ivon_learning_rate, m.ivon_ess, m.ivon_hess_init, m.ivon_clip_radius, m.ivon_rescale_lr, m.ivon_weight_decay,
+            m.ivon_beta2, m.ivon_train_samples, m.ivon_warmup_length) == (0.03, 1e6, 1e-3, 1e-3, False, 0.0, 0.99999, 1, 0.0)
+    from swag_lora.train.loop import lr_schedule
+    sched = lr_schedule(run, 10)        # a linear decay from the first step (no warm-up), as ivon-lora's
+    assert sched(0) == pytest.approx(0.03) and sched(run.experiment.num_epochs * 10) == pytest.approx(0.0)
+
+
 def test_ivon_posterior_is_its_hessian_estimate():
     """The posterior read off a trained IVON is N(params, 1 / (ess (hess + weight_decay))); samples follow it."""
     torch.manual_seed(0)
@@ -176,7 +218,7 @@ def test_ivon_posterior_is_its_hessian_estimate():
 
 @pytest.mark.slow
 def test_ivon_trains_saves_its_posterior_and_resumes_exactly(tmp_path):
-    args = [*TINY, "model=tiny_llama", "method=ivon", "experiment.num_epochs=3", "experiment.learning_rate=0.03",
+    args = [*TINY, "model=tiny_llama", "method=ivon", "experiment.num_epochs=3", "method.ivon_ess=null",
             "experiment.eval_upon_save=false", "experiment.lora_dropout=0"]
 
     def launch(save, env=None):
@@ -190,6 +232,8 @@ def test_ivon_trains_saves_its_posterior_and_resumes_exactly(tmp_path):
     info = json.loads((a / "run_info.json").read_text())
     meta = json.loads((a / "ivon_model" / "ivon_posterior.json").read_text())
     assert meta["ess"] == 48 and info["base_model_epoch"] is not None                 # ess = the training rows
+    h = load_file_(a / "ivon_model" / "ivon_posterior.safetensors")["hess"] / 1e-3        # hess_init: ivon-lora's 1e-3
+    assert info["hess_over_init_median"] == pytest.approx(float(h.median()), rel=1e-3)
     for f in ("ivon_model/ivon_posterior.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/trainable.safetensors"):
         from safetensors.torch import load_file
         x, y = load_file(str(a / f)), load_file(str(b / f))
@@ -222,3 +266,55 @@ def test_every_method_through_the_evaluation_scripts_and_the_closing_table(tmp_p
     table = default_table(run, ivon)
     assert [r["label"] for r in table if r["distribution"] == "id"] == ["map", "ivon", "ll-laplace"]
     assert os.path.isdir(ivon / "laplace_model")
+
+
+TINY_DISTILBERT = ("model=distilbert", "model.model_name=tiny-distilbert",
+                   "+model.tiny={arch: distilbert, hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 4, init_seed: 0}")
+
+
+@pytest.mark.slow
+def test_distilbert_last_layer_posteriors_cover_the_classifier_not_pre_classifier(tmp_path):
+    """peft wraps DistilBERT's pre_classifier (dim -> dim) and classifier (dim -> labels): the head is the classifier."""
+    rd = train(tmp_path, *TINY_DISTILBERT, "method=swag", "experiment.num_epochs=2", "method.swag_start=1",
+               "method.modules_to_swag=head", "method.swag_c_steps=2", "method.swag_max_num_models=3")
+    run = load_run(rd, device="cpu")
+    head = run.model.head_module()
+    assert head.out_features == 4                           # the demo's four labels
+    assert all(".classifier." in n and "pre_classifier" not in n for n in run.model.head_tensors())
+    assert set(SwagPosterior.load(rd / "swag_model").shapes) == set(run.model.head_tensors())
+    for method, extra in (("swag", []), ("laplace", ["evaluation.laplace_subset=head"])):
+        (record,) = evaluate(resolve_plan(parse_eval(compose(
+            f"evaluation.eval_method={method}", f"evaluation.eval_model_path={rd}", "evaluation.num_samples=3",
+            "experiment.max_eval_samples=24", "experiment.ood_task=", f"evaluation.output_dir={tmp_path / method}", *extra,
+            config_name="eval"))))
+        assert record["label"] in ("ll-swag", "ll-laplace") and 0 <= record["metrics"]["accuracy"] <= 1
+
+
+def test_mc_dropout_switches_the_dropout_modules_only_unless_whole_model_is_asked():
+    """scope=modules (the original's): nn.Dropout modules sample, attention dropout (applied by the attention module's
+    own training flag) does not; scope=whole_model: model.train(), attention dropout too."""
+    from swag_lora.model import load_model
+    from swag_lora.predict.draws import dropout_on
+    run = run_config(*TINY, "model=tiny_roberta")
+    tok, model = load_model(run.model, run.experiment, get_task("demo"))
+    attention = [m for n, m in model.named_modules() if n.endswith("attention.self")]
+    for m in model.modules():                 # only the attention's dropout is left, at p = 0.5
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for a in attention:
+        a.dropout.p = 0.5
+    feats, coll = rows_of(type("R", (), {"tokenizer": tok, "model": model})(), n=8)
+    batch = coll(feats)
+    batch.pop("labels")
+    model.eval()
+
+    def two_passes(scope):
+        with dropout_on(model, scope), torch.no_grad():
+            assert all(m.training for m in model.modules() if type(m) is torch.nn.Dropout)
+            assert all(a.training == (scope == "whole_model") for a in attention)
+            return model(**batch), model(**batch)
+    a, b = two_passes("modules")
+    torch.testing.assert_close(a, b)                              # attention dropout stayed off
+    a, b = two_passes("whole_model")
+    assert (a - b).abs().max() > 1e-5                             # it samples (the tiny model's logits are ~1e-2)
+    assert not any(m.training for m in model.modules())           # restored

@@ -103,7 +103,7 @@ def test_seeds_and_settings_never_share_a_run_directory(tmp_path):
     assert len({a, b, c}) == 3 and all((d / "run_info.json").is_file() for d in (a, b, c))
     assert a.name.startswith("sweep_seed0_") and b.name.startswith("sweep_seed1_")
     assert a.name.split("_")[-1] == b.name.split("_")[-1] != c.name.split("_")[-1]   # seeds share the fingerprint
-    from swag_lora.report import _seedless
+    from swag_lora.report.tables import _seedless
     assert _seedless(str(a)) == _seedless(str(b)) != _seedless(str(c))
     again, _ = train_run(tmp_path, *common, "experiment.seed=0")       # the same run: replaced in place
     assert again == a

@@ -13,14 +13,23 @@ letter capitalised; OBQA and MMLU choices end with a period):
     B. <choice 1>
     ...
     Answer:
+
+`experiment.choice_scoring=loglik` / `loglik_norm` (causal LMs) scores each choice by the log-likelihood of its
+tokens as the continuation of (lm-eval's acc / acc_norm, the latter per token here)
+
+    Question: <question>            (classification: the "<Text name>: <text>" lines, then "Question: <task prompt>")
+    Answer: <choice>
+
+the prompt once (its keys and values are shared by the choices' tokens), then each choice's tokens.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from swag_lora.model import CAUSAL_HEAD_SIZE, LETTERS
-
+LETTERS = "ABCDEFGHIJ"
+CAUSAL_HEAD_SIZE = 5   # letters A-E: every multiple-choice and classification task fits, so any task can be OOD
+ARCHS = ("causal", "loglik", "seq_cls", "multiple_choice")   # letter head; choice log-likelihood; the encoder heads
 
 PERIOD_TASKS = ("obqa", "mmlu")   # the original appended a period to these tasks' choices
 
@@ -48,13 +57,41 @@ def causal_prompt(task, ex: dict, style: str = "original") -> str:
     return "\n".join(lines)
 
 
+def loglik_prompt(task, ex: dict) -> str:
+    """The context whose continuations are the choices (choice_scoring=loglik)."""
+    lines = []
+    if task.format == "cls":
+        lines.append(f"{task.text_names[0]}: {ex['text']}")
+        if ex.get("text_pair"):
+            lines.append(f"{task.text_names[1]}: {ex['text_pair']}")
+        lines.append(f"Question: {task.prompt}")
+    else:
+        lines.append(f"Question: {ex['text']}")
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def loglik_choices(tokenizer, prompt: str, choices: list[str], max_length: int) -> tuple[list[int], list[list[int]]]:
+    """The prompt's tokens (the context every choice continues) and each choice's tokens (" <choice>"); where the
+    context and the longest choice exceed `max_length`, the context loses tokens from its start."""
+    context = tokenizer(prompt)["input_ids"]
+    conts = [(tokenizer(" " + c, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id])[: max_length - 1]
+             for c in choices]
+    keep = max_length - max(len(c) for c in conts)
+    return (context[-keep:] if len(context) > keep else context), conts
+
+
 def encode(examples: list[dict], tokenizer, arch: str, task, max_length: int, prompt_style: str = "original") -> list[dict]:
     """Tokenise every example once: features with `input_ids` (a list, or one list per choice for
-    multiple choice), optional `token_type_ids`, `num_choices`, `label` and `length`."""
+    multiple choice), optional `token_type_ids`, `cont_ids` (loglik: the tokens of each choice, continuing
+    `input_ids`, the prompt), `num_choices`, `label` and `length`."""
     feats = []
     for ex in examples:
         n = len(ex["choices"])
-        if arch == "causal":
+        if arch == "loglik":
+            context, conts = loglik_choices(tokenizer, loglik_prompt(task, ex), list(ex["choices"]), max_length)
+            f = {"input_ids": context, "cont_ids": conts}
+        elif arch == "causal":
             enc = tokenizer(causal_prompt(task, ex, prompt_style), truncation=True, max_length=max_length)
             f = {"input_ids": enc["input_ids"]}
         elif arch == "seq_cls":
@@ -69,7 +106,8 @@ def encode(examples: list[dict], tokenizer, arch: str, task, max_length: int, pr
                 f["token_type_ids"] = enc["token_type_ids"]
         ids = f["input_ids"]
         f.update(num_choices=n if arch != "seq_cls" else task.num_choices, label=int(ex["label"]),
-                 length=max(len(x) for x in ids) if arch == "multiple_choice" else len(ids))
+                 length=max(len(x) for x in ids) if arch == "multiple_choice" else
+                 len(ids) + max(len(c) for c in f["cont_ids"]) if arch == "loglik" else len(ids))
         feats.append(f)
     return feats
 
@@ -81,7 +119,7 @@ def labels_of(features: list[dict]) -> np.ndarray:
 
 def choice_width(arch: str, task) -> int:
     """Columns of a model's output: a causal LM's letter head has 5 (A-E, for any task), a classifier the task's
-    labels, a multiple-choice encoder one per choice."""
+    labels, a multiple-choice encoder and choice log-likelihoods one per choice."""
     return CAUSAL_HEAD_SIZE if arch == "causal" else max(task.num_choices, 1)
 
 
@@ -90,7 +128,8 @@ def _pad(seqs: list[list[int]], length: int, value: int, left: bool) -> list[lis
 
 
 class Collator:
-    """Pads a list of features into tensors; multiple choice gives B x C x L with dummy choices masked."""
+    """Pads a list of features into tensors; multiple choice gives B x C x L with dummy choices masked; choice
+    log-likelihoods give the prompts (B x L, left-padded) and the choices (`cont_ids`, `cont_mask`: B x C x K)."""
 
     def __init__(self, pad_id: int, arch: str, num_choices: int, padding_side: str = "right"):
         self.pad_id, self.arch, self.num_choices, self.left = pad_id, arch, num_choices, padding_side == "left"
@@ -103,6 +142,15 @@ class Collator:
         out = {"choice_mask": choice_mask, "labels": torch.tensor([f["label"] for f in feats], dtype=torch.long)}
         L = max(f["length"] for f in feats)
         has_tt = "token_type_ids" in feats[0]
+        if self.arch == "loglik":       # the prompt (left-padded, as every causal prompt) and its choices (right-padded)
+            conts = [f["cont_ids"] + [f["cont_ids"][0]] * (C - len(f["cont_ids"])) for f in feats]
+            K = max(len(c) for cs in conts for c in cs)
+            out["cont_ids"] = torch.tensor([_pad(cs, K, self.pad_id, False) for cs in conts])
+            out["cont_mask"] = torch.tensor([[_mask(len(c), K, False) for c in cs] for cs in conts], dtype=torch.bool)
+            L = max(len(f["input_ids"]) for f in feats)
+            out["input_ids"] = torch.tensor(_pad([f["input_ids"] for f in feats], L, self.pad_id, True))
+            out["attention_mask"] = torch.tensor([_mask(len(f["input_ids"]), L, True) for f in feats])
+            return out
         if self.arch == "multiple_choice":
             ids, tts = [], []
             for f in feats:
@@ -133,3 +181,36 @@ def eval_batches(lengths: list[int], batch_size: int, sort_by_length: bool = Tru
     """Index batches covering every row exactly once; sorted by length so padding is small."""
     order = np.argsort(lengths, kind="stable") if sort_by_length else np.arange(len(lengths))
     return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class Encoding:
+    """How one run turns rows into model inputs -- its tokenizer, its model's arch, max_length and prompt style --
+    and the one path from rows to features, collator and loader that training, evaluation and the benchmarks share.
+    `width` is the output width of a fixed-width model (a letter head, a classifier); per task otherwise."""
+
+    def __init__(self, tokenizer, arch: str, max_length: int, prompt_style: str = "original", width: int | None = None):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
+        self.tokenizer, self.arch, self.max_length, self.prompt_style, self.width = (tokenizer, arch, max_length,
+                                                                                      prompt_style, width)
+
+    @classmethod
+    def of_model(cls, tokenizer, model, max_length: int, prompt_style: str = "original") -> "Encoding":
+        """The encoding of a built ChoiceModel (its arch and output width)."""
+        return cls(tokenizer, model.arch, max_length, prompt_style, model.num_choices)
+
+    def features(self, rows: list[dict], task) -> list[dict]:
+        return encode(rows, self.tokenizer, self.arch, task, self.max_length, self.prompt_style)
+
+    def width_for(self, task) -> int:
+        if self.arch in ("multiple_choice", "loglik") or self.width is None:
+            return choice_width(self.arch, task)
+        return self.width
+
+    def collator(self, task) -> Collator:
+        return Collator(self.tokenizer.pad_token_id, self.arch, self.width_for(task), self.tokenizer.padding_side)
+
+    def loader(self, features: list[dict], task, batch_size: int, sampler=None):
+        """A DataLoader over encoded features (in order, or in the sampler's)."""
+        return torch.utils.data.DataLoader(features, batch_size=batch_size, sampler=sampler, collate_fn=self.collator(task),
+                                           generator=torch.Generator() if sampler is not None else None)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +57,36 @@ def carved_rows(n: int, seed: int, fraction: float) -> list[int]:
 
 
 def held_out_validation(task_name: str, subtask: str, members: list[tuple[int, float]], *, offline: bool = False,
-                        data_path: str | None = None, all_items: bool = False) -> tuple[list[dict], str]:
+                        data_path: str | None = None, all_items: bool = False, test_fraction: float = 0.0) -> tuple[list[dict], str]:
     """Validation rows that no member of an ensemble trained on: the official validation split where the task has
     one; else the train rows that every member's carving (its seed, its fraction) held out.  Returns (rows, source)."""
     task = get_task(task_name)
     names = task.split_names(subtask or "")
     dds = _load_datasetdicts(task, subtask or "", offline, data_path)
-    if names["validation"] is not None:
+    if names["validation"] is not None and not test_fraction:
         return _examples(task, dds, names["validation"], all_items), f"{names['validation']} (official)"
-    train = _examples(task, dds, names["train"], all_items)
+    if test_fraction:
+        train, _, pool = _carve_test(task, dds, names, all_items, test_fraction)
+    else:
+        train, pool = _examples(task, dds, names["train"], all_items), names["train"]
     common = set(range(len(train)))
     for seed, fraction in members:
         common &= set(carved_rows(len(train), seed, fraction))
     desc = ", ".join(f"seed {s}: {f:g}" for s, f in members)
-    return [train[i] for i in sorted(common)], f"{len(common)} rows of {names['train']} held out by every member ({desc})"
+    return [train[i] for i in sorted(common)], f"{len(common)} rows of {pool} held out by every member ({desc})"
+
+
+TEST_CARVE_SEED = 0   # the carved test rows are the same for every run seed, so that seeds are scored on the same rows
+
+
+def _carve_test(task: Task, dds: list, names: dict, all_items: bool, fraction: float) -> tuple[list[dict], list[dict], str]:
+    """(train pool, test rows, description): `fraction` of the task's labelled evaluation split (the one playing the
+    test role) becomes test -- the same rows for every seed -- and the rest is the pool train and validation are
+    carved from."""
+    rows = _examples(task, dds, names["test"], all_items)
+    test = set(carved_rows(len(rows), TEST_CARVE_SEED, fraction))
+    rest = f"{names['test']} less its carved test rows"
+    return [r for i, r in enumerate(rows) if i not in test], [rows[i] for i in sorted(test)], rest
 
 
 def load_splits(
@@ -82,18 +99,39 @@ def load_splits(
     val_fraction: float = 0.2,
     roles: tuple[str, ...] = ("train", "validation", "test"),
     all_items: bool = False,
+    test_fraction: float = 0.0,
 ) -> Splits:
     """Examples by role.  Where the task's validation is carved, `val_fraction` of train becomes validation
     and the rest trains -- the same rows as the original's `datasets` `train_test_split(test_size=val_fraction,
     seed=seed)` -- and the official validation split is then the test split.  Tasks whose original loader kept
     only questions with `Task.original_choices` choices (ARC: 4) are filtered so unless `all_items`.
-    Rows without a label are never returned for a role that needs one."""
+    Rows without a label are never returned for a role that needs one.  `test_fraction` > 0 carves all three roles
+    from the task's labelled evaluation split (for a task whose training split is not at hand, e.g. QNLI offline):
+    that fraction becomes test (the same rows for every seed), `val_fraction` of the rest validation (by `seed`),
+    the rest trains."""
     task = get_task(task_name)
     subtask = subtask or ""
     dds = _load_datasetdicts(task, subtask, offline, data_path)
     names = task.split_names(subtask)
+    if roles == ("all",):       # every labelled row of the published splits (an OOD task): test, validation, train
+        published = list(dict.fromkeys(n for n in (names["test"], names["validation"], names["train"]) if n))
+        present = [n for n in published if all(n in dd for dd in dds)]
+        rows = [e for n in present for e in _examples(task, dds, n, all_items) if e["label"] >= 0]
+        return Splits([], [], [], {"task": task.name, "subtask": subtask, "all_items": all_items,
+                                   "splits": {"all": "all labelled rows of " + ", ".join(present)}, "sizes": {"all": len(rows)}},
+                      all=rows)
     result: dict[str, list[dict]] = {r: [] for r in ("train", "validation", "test")}
-    need_train = "train" in roles or ("validation" in roles and names["validation"] is None)
+    if test_fraction:
+        train, result["test"], pool = _carve_test(task, dds, names, all_items, test_fraction)
+        val = carved_rows(len(train), seed, val_fraction)
+        result["validation"] = [train[i] for i in val]
+        result["train"] = [train[i] for i in sorted(set(range(len(train))) - set(val))]
+        names = {"train": f"{pool}, less validation", "validation": f"carved {val_fraction:g} of {pool} (seed {seed})",
+                 "test": f"carved {test_fraction:g} of {names['test']} (seed {TEST_CARVE_SEED})"}
+        roles_loaded = ()
+    else:
+        roles_loaded = roles
+    need_train = "train" in roles_loaded or ("validation" in roles_loaded and names["validation"] is None)
     if need_train:
         train = _examples(task, dds, names["train"], all_items)
         if names["validation"] is None:
@@ -101,15 +139,49 @@ def load_splits(
             result["validation"] = [train[i] for i in val]
             train = [train[i] for i in sorted(set(range(len(train))) - set(val))]
         result["train"] = train
-    if "validation" in roles and names["validation"] is not None:
+    if "validation" in roles_loaded and names["validation"] is not None:
         result["validation"] = _examples(task, dds, names["validation"], all_items)
-    if "test" in roles:
+    if "test" in roles_loaded:
         result["test"] = _examples(task, dds, names["test"], all_items)
     for role in roles:
         unlabelled = sum(1 for e in result[role] if e["label"] < 0)
         if unlabelled:
             raise ValueError(f"{unlabelled} rows of {task.name} {role} split have no label; this split cannot be scored")
-    source = {"task": task.name, "subtask": subtask, "all_items": all_items, "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
+    source = {"task": task.name, "subtask": subtask, "all_items": all_items, **({"test_fraction": test_fraction} if test_fraction else {}), "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
                                                               for r in ("train", "validation", "test")},
               "sizes": {r: len(result[r]) for r in roles}}
     return Splits(result["train"], result["validation"], result["test"], source)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's rows come from and how its splits are carved -- built once from the experiment config and used
+    by training, evaluation and the benchmarks alike.  `test_fraction` carves the run's own task only (`task`);
+    any other task (an OOD task) is read as it is."""
+    offline: bool = False
+    data_path: str | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    all_items: bool = False
+    task: tuple[str, str] = ("", "")
+
+    @classmethod
+    def of(cls, exp, offline: bool | None = None, data_path: str | None = None) -> "DataSource":
+        """The data source of an experiment config (`offline` / `data_path` override it: a run read elsewhere)."""
+        return cls(offline=exp.offline if offline is None else offline, data_path=data_path or exp.data_path,
+                   seed=exp.seed, val_fraction=exp.val_fraction, test_fraction=getattr(exp, "test_split_size", 0.0),
+                   all_items=exp.arc_all_items, task=(exp.task, exp.subtask or ""))
+
+    def _test_fraction(self, task: str, subtask: str) -> float:
+        return self.test_fraction if (task, subtask or "") == self.task else 0.0
+
+    def splits(self, task: str, subtask: str = "", roles: tuple[str, ...] = ("train", "validation", "test")) -> Splits:
+        return load_splits(task, subtask, offline=self.offline, data_path=self.data_path, seed=self.seed,
+                           val_fraction=self.val_fraction, roles=roles, all_items=self.all_items,
+                           test_fraction=self._test_fraction(task, subtask))
+
+    def held_out_validation(self, task: str, subtask: str, members: list[tuple[int, float]]) -> tuple[list[dict], str]:
+        """Validation rows no member trained on (see `held_out_validation`)."""
+        return held_out_validation(task, subtask, members, offline=self.offline, data_path=self.data_path,
+                                   all_items=self.all_items, test_fraction=self._test_fraction(task, subtask))

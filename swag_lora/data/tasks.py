@@ -204,6 +204,7 @@ class Splits:
     validation: list[Example]
     test: list[Example]
     source: dict = field(default_factory=dict)
+    all: list[Example] = field(default_factory=list)    # roles=("all",): every labelled row of the published splits
 
     def __getitem__(self, role: str) -> list[Example]:
         return getattr(self, role)

@@ -21,10 +21,27 @@ TENSORS, META = "ivon_posterior.safetensors", "ivon_posterior.json"
 
 
 def make_ivon(params: list[torch.Tensor], *, lr: float, ess: float, hess_init: float, beta1: float, beta2: float,
-              weight_decay: float):
-    """ivon-opt's IVON over `params` (one parameter group)."""
+              weight_decay: float, clip_radius: float | None = None, rescale_lr: bool = True):
+    """ivon-opt's IVON over `params` (one parameter group).  Its step, per element, is
+
+        theta -= lr' * clip((m_hat + delta theta) / (h + delta), +-clip_radius),   lr' = lr (h0 + delta) if rescale_lr else lr
+
+    with m_hat the debiased gradient momentum, h the Hessian estimate (started at h0 = hess_init) and delta the weight
+    decay; the posterior it keeps is N(theta, 1 / (ess (h + delta)))."""
     import ivon
-    return ivon.IVON(params, lr=lr, ess=ess, hess_init=hess_init, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
+    return ivon.IVON(params, lr=lr, ess=ess, hess_init=hess_init, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                     clip_radius=float("inf") if clip_radius is None else clip_radius, rescale_lr=rescale_lr)
+
+
+def hessian_movement(optimizer, hess_init: float) -> dict:
+    """How far IVON's Hessian estimate moved from h0: quantiles of h / h0 over the trained tensors (1 everywhere: the
+    posterior is still its isotropic initial guess, std 1 / sqrt(ess (h0 + delta)))."""
+    opt = getattr(optimizer, "optimizer", optimizer)
+    h = torch.cat([g["hess"].detach().flatten().float().cpu() for g in opt.param_groups]) / hess_init
+    q = torch.quantile(h[torch.randperm(len(h), generator=torch.Generator().manual_seed(0))[:1_000_000]],
+                       torch.tensor([0.05, 0.5, 0.95]))
+    return {"hess_over_init_q05": float(q[0]), "hess_over_init_median": float(q[1]), "hess_over_init_q95": float(q[2]),
+            "hess_over_init_mean": float(h.mean())}
 
 
 class IvonPosterior:

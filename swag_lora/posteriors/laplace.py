@@ -1,7 +1,8 @@
 """Laplace-LoRA (Yang et al., 2024): a Gaussian N(theta_MAP, (GGN + lambda I)^-1) over the trained tensors at the MAP
 adapter -- LoRA + head (`subset="all"`) or the head alone (`subset="head"`, last-layer Laplace) -- fitted with
 laplace-torch: the generalised Gauss-Newton over the training rows, Kronecker-factored (`kron`, KFAC) or diagonal
-(`diag`), and the prior precision lambda chosen by the marginal likelihood.
+(`diag`), and the prior precision lambda chosen by the marginal likelihood (laplace-torch's, as Laplace-LoRA does by
+default) or by the validation NLL over a grid of values (Laplace-LoRA's other way; `select_prior`).
 
 Predictives (each S x N x C, the caller averages them):
     glm_probit  the linearised model f(x; theta) ~ N(f_MAP, J Sigma J^T), through the probit approximation
@@ -87,6 +88,35 @@ class LoraLaplace:
     def prior_precision(self) -> float:
         return float(self.la.prior_precision.mean())
 
+    def jacobians(self, batch: dict, rows: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits B x C, their Jacobians B x C x P w.r.t. the covered tensors) of the whole model, by laplace-torch's
+        backend, `rows` rows at a time."""
+        size = len(batch["input_ids"])
+        Js, fs = [], []
+        with only_trainable(self.named, self.model):
+            for start in range(0, size, rows):
+                part = {k: v[start: start + rows] if torch.is_tensor(v) and v.dim() and len(v) == size else v
+                        for k, v in batch.items()}
+                J, f = self.la.backend.jacobians(part, enable_backprop=False)
+                Js.append(J.detach())
+                fs.append(f.detach())
+        return torch.cat(fs), torch.cat(Js)
+
+    def select_prior(self, moments, grid: list[float]) -> dict:
+        """The prior precision of `grid` with the lowest NLL of the probit GLM predictive on validation rows, from
+        `moments`: an iterable of (logits B x C, Jacobians B x C x P, labels B).  Sets it; returns the NLL per value."""
+        nll = torch.zeros(len(grid), dtype=torch.float64)
+        count = 0
+        for f_mu, J, y in moments:
+            for g, delta in enumerate(grid):
+                self.la.prior_precision = float(delta)
+                probs = self.glm(f_mu, J, "glm_probit", 1)[0].double()
+                nll[g] += -torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).sum()
+            count += len(y)
+        best = int(torch.argmin(nll))
+        self.la.prior_precision = float(grid[best])
+        return {"grid": [float(d) for d in grid], "validation_nll": (nll / max(count, 1)).tolist(), "rows": count}
+
     # ---------------------------------------------------------------- posterior
     def sample(self, n: int, generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
         """n weight samples theta_s ~ N(theta_MAP, Sigma), as name -> tensor."""
@@ -145,7 +175,8 @@ class LoraLaplace:
             tensors["H"] = state["H"].detach().cpu().contiguous()
         meta = {k: state[k] for k in ("n_data", "n_outputs", "likelihood", "temperature", "enable_backprop", "cls_name")}
         meta.update(hessian=self.hessian, blocks=blocks, names=list(self.named),
-                    shapes=[list(t.shape) for t in self.named.values()], prior_precision=self.prior_precision)
+                    shapes=[list(t.shape) for t in self.named.values()], prior_precision=self.prior_precision,
+                    prior_source=getattr(self, "prior_source", "marglik"))
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(folder / f"{name}.safetensors") as tmp:

@@ -1,9 +1,10 @@
 """SWAG posterior over a named set of tensors (Maddox et al., 2019), in the style of laplace-torch.
 
 The posterior knows names and shapes only; it never holds or copies a model.  Inside it keeps
-flat fp32 buffers: the running mean, the running second moment, and a ring buffer of up to K
-deviation columns (snapshot minus the running mean after the update).  Collecting and sampling
-are a handful of vector operations whatever the number of tensors.
+flat fp32 buffers: the running mean, the running sum of squared deviations (Welford's update, so that
+the variance of weights that move by 1e-5 keeps its precision, which E[x^2] - mu^2 in fp32 loses), and a
+ring buffer of up to K deviation columns (snapshot minus the running mean after the update).  Collecting
+and sampling are a handful of vector operations whatever the number of tensors.
 
     post = SwagPosterior.from_named_tensors(named, max_rank=20)
     post.collect(named)                       # one snapshot
@@ -27,7 +28,7 @@ from swag_lora.io import atomic_write
 
 POSTERIOR_TENSORS = "swag_posterior.safetensors"
 POSTERIOR_META = "swag_posterior.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the running sum of squared deviations ("var_sum"); 1 (read too): the second moment
 
 
 class SwagPosterior:
@@ -36,7 +37,7 @@ class SwagPosterior:
     Args:
         shapes: name -> shape of every tensor the posterior covers (the order is kept).
         max_rank: K, the number of deviation columns kept (the oldest is dropped first).
-        var_clamp: floor for the diagonal variance (E[x^2] - mu^2 can be slightly negative in fp32).
+        var_clamp: floor for the diagonal variance (a weight that never moved has variance 0).
         device: where the buffers live (defaults to the CPU; the trainer passes the parameters' device).
         keep_deviations: False gives a diagonal posterior (SWAG-diag): no deviation columns are stored.
     """
@@ -60,7 +61,7 @@ class SwagPosterior:
         self.num_params = sum(self.numels)
         device = torch.device(device)
         self._mean = torch.zeros(self.num_params, dtype=torch.float32, device=device)
-        self._sq_mean = torch.zeros_like(self._mean)
+        self._var_sum = torch.zeros_like(self._mean)    # sum_i (x_i - mean_n)^2 over the n snapshots (Welford)
         self.keep_deviations = bool(keep_deviations)
         # K x P deviation columns; a diagonal posterior keeps one column only as the snapshot's staging buffer
         self._dev = torch.zeros(self.max_rank if keep_deviations else 1, self.num_params, dtype=torch.float32, device=device)
@@ -101,32 +102,34 @@ class SwagPosterior:
 
     @torch.no_grad()
     def collect(self, named: Mapping[str, torch.Tensor]) -> None:
-        """Add one snapshot: update the running moments and write its deviation column.
+        """Add one snapshot x: with w = 1 / (n + 1) and delta = x - mean,
 
-        Five passes over P floats and no temporaries: the snapshot is staged in the deviation column it
-        will end up in (copy, lerp the mean, two for the second moment, subtract the new mean)."""
+            mean += w * delta,    var_sum += (1 - w) * delta^2,    column = x - mean_new = (1 - w) * delta
+
+        (Welford's update; (1 - w) * delta is x minus the new mean).  Five passes over P floats and no temporaries:
+        the snapshot is staged in the deviation column it ends up in."""
         col = self._dev[self._next_col]
         # one batched copy of the snapshot (a few kernel launches on a GPU, not one per tensor; casts dtype/device)
         torch._foreach_copy_(self._shaped_views(self._next_col, col), self._tensors(named))
         w = 1.0 / (self.num_snapshots + 1)
-        self._mean.lerp_(col, w)
-        self._sq_mean.mul_(1.0 - w).addcmul_(col, col, value=w)
-        if not self.keep_deviations:
-            self.num_snapshots += 1
-            self._std = None
-            return
-        col.sub_(self._mean)
-        self._next_col = (self._next_col + 1) % self.max_rank
-        self.rank = min(self.rank + 1, self.max_rank)
+        col.sub_(self._mean)                                   # delta
+        self._mean.add_(col, alpha=w)
+        self._var_sum.addcmul_(col, col, value=1.0 - w)
         self.num_snapshots += 1
         self._std = None
+        if not self.keep_deviations:
+            return
+        col.mul_(1.0 - w)                                      # x - mean_new
+        self._next_col = (self._next_col + 1) % self.max_rank
+        self.rank = min(self.rank + 1, self.max_rank)
 
     # ------------------------------------------------------------------ moments
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: v.view(s) for (n, s), v in zip(self.shapes.items(), flat.split(self.numels))}
 
     def flat_variance(self) -> torch.Tensor:
-        return (self._sq_mean - self._mean.square()).clamp_(min=self.var_clamp)
+        """sigma^2 = var_sum / n, the snapshots' (population) variance, floored at var_clamp."""
+        return (self._var_sum / max(self.num_snapshots, 1)).clamp_(min=self.var_clamp)
 
     def _flat_std(self) -> torch.Tensor:
         if self._std is None:
@@ -237,7 +240,7 @@ class SwagPosterior:
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
         """(tensors, metadata): the flat buffers and a JSON-able description."""
-        tensors = {"mean": self._mean, "sq_mean": self._sq_mean}
+        tensors = {"mean": self._mean, "var_sum": self._var_sum}
         if self.keep_deviations:
             tensors["deviations"] = self._dev[: self.rank]
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, self.metadata()
@@ -246,14 +249,17 @@ class SwagPosterior:
     def from_state_dict(
         cls, tensors: Mapping[str, torch.Tensor], meta: Mapping, device: torch.device | str = "cpu"
     ) -> "SwagPosterior":
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unknown SWAG posterior format_version {meta.get('format_version')!r}")
+        if meta.get("format_version") not in (1, FORMAT_VERSION):
+            raise ValueError(f"unknown SWAG posterior format_version {meta.get('format_version')!r}; allowed: 1, {FORMAT_VERSION}")
         post = cls(dict(zip(meta["names"], meta["shapes"])), max_rank=meta["max_rank"],
                    var_clamp=meta["var_clamp"], device=device, keep_deviations=meta.get("keep_deviations", True))
         if tensors["mean"].numel() != post.num_params:
             raise ValueError("SWAG posterior tensors do not match their metadata (corrupt file?)")
         post._mean.copy_(tensors["mean"])
-        post._sq_mean.copy_(tensors["sq_mean"])
+        if meta["format_version"] == 1:      # the second moment: var_sum = n (E[x^2] - mu^2), as precise as it was
+            post._var_sum.copy_((tensors["sq_mean"] - tensors["mean"].square()).clamp_(min=0) * int(meta["num_snapshots"]))
+        else:
+            post._var_sum.copy_(tensors["var_sum"])
         post.rank = int(meta["rank"])
         if post.keep_deviations:
             post._dev[: post.rank].copy_(tensors["deviations"])

@@ -72,14 +72,29 @@ def predict_probs(model, feats: list[dict], collator, batch_size: int, accelerat
     return predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)
 
 
+DROPOUT_SCOPES = ("modules", "whole_model")
+
+
 @contextlib.contextmanager
-def dropout_on(model) -> Iterator[None]:
-    was = model.training
-    model.train()
+def dropout_on(model, scope: str = "modules") -> Iterator[None]:
+    """MC dropout's training-mode switch.  `modules` (the original's `set_dropout_training`): only the `nn.Dropout`
+    modules (exactly that type: LoRA's dropout, an encoder's hidden and classifier dropout) sample; attention
+    dropout, which transformers applies by the attention module's own training flag, stays off.  `whole_model`:
+    `model.train()`, attention dropout (and any other train-time behaviour) too."""
+    if scope not in DROPOUT_SCOPES:
+        raise ValueError(f"unknown dropout scope {scope!r}; allowed: {', '.join(DROPOUT_SCOPES)}")
+    modes = {m: m.training for m in model.modules()}
+    if scope == "whole_model":
+        model.train()
+    else:
+        for m in model.modules():
+            if type(m) is torch.nn.Dropout:
+                m.train()
     try:
         yield
     finally:
-        model.train(was)
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 @contextlib.contextmanager
@@ -111,9 +126,10 @@ def draw_probs(
     accelerator=None,
     sort_by_length: bool = True,
     samples: list[dict[str, torch.Tensor]] | None = None,
+    dropout_scope: str = "modules",
 ) -> np.ndarray:
     """S x N x C probabilities of one model under `method`:
-    base (1 draw, dropout off), dropout (S passes, dropout on), swag (S posterior samples; scale 0 = SWA;
+    base (1 draw, dropout off), dropout (S passes, dropout on: `dropout_scope`, see `dropout_on`), swag (S posterior samples; scale 0 = SWA;
     `k` as in `SwagPosterior.sample`), weights (the given `samples` of the `named` tensors, e.g. Laplace's or
     IVON's).  When the sampled tensors are the model's head alone, every batch takes one backbone pass and the
     S samples only re-run the head on its features (`head_probs`): the same draws for a fraction of the cost."""
@@ -125,7 +141,7 @@ def draw_probs(
         return run()[None]
     if method == "dropout":
         out = []
-        with dropout_on(model):
+        with dropout_on(model, dropout_scope):
             for s in range(num_samples):
                 torch.manual_seed(seed + s)
                 out.append(run())
@@ -160,7 +176,7 @@ def draw_probs(
 
 def head_only(model, named: dict | None) -> bool:
     """Whether the sampled tensors are all in the model's head (a last-layer posterior)."""
-    return bool(named) and hasattr(model, "head_tensors") and set(named) <= set(model.head_tensors())
+    return bool(named) and hasattr(model, "has_head") and model.has_head() and set(named) <= set(model.head_tensors())
 
 
 @torch.inference_mode()

@@ -4,6 +4,7 @@ method's draws, averages them (the Bayesian model average; optionally temperatur
 npz + PNG per split.  Evaluation reads only run directories, so a run can be evaluated anywhere, later."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,14 +14,14 @@ import numpy as np
 from swag_lora import metrics
 from swag_lora.config import (TABLE_METHODS, ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig,
                               find_run_dir, go_offline, load_run_config, ood_task_list)
-from swag_lora.data import get_task, load_splits
+from swag_lora.data import DataSource, get_task
 from swag_lora.data.tasks import label_alignment
-from swag_lora.data.encode import Collator, choice_width, encode, labels_of
-from swag_lora.data.loading import held_out_validation
+from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.model import load_model, swag_tensors
 from swag_lora.predict.methods import Batches, Method, make_method
 from swag_lora.predict.temperature import apply_temperature, fit_temperature
 from swag_lora.report import write_evaluation
+from swag_lora.report.stats import majority_rate
 
 
 @dataclass
@@ -87,13 +88,17 @@ def resolve_plan(cfg: EvalConfig) -> Plan:
     if evaluation.only_ood and not oods:
         raise ConfigError("evaluation.only_ood=true but neither the evaluation nor the run names an OOD task; "
                           "set experiment.ood_task")
-    targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + [("ood", t, st, "test") for t, st in oods]
+    temperature = evaluation.temperature_scaling or evaluation.eval_method == "temperature"
+    if temperature and evaluation.split == "validation" and not evaluation.only_ood:
+        raise ConfigError("temperature scaling with evaluation.split=validation would fit the temperature on the rows it "
+                          "scores; allowed: evaluation.split=test, or evaluation.temperature_scaling=false")
+    targets = ([] if evaluation.only_ood else [("id", task, subtask, evaluation.split)]) + [("ood", t, st, overrides.ood_split) for t, st in oods]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     return Plan(method=method, paths=paths, configs=configs, targets=targets, id_task=(task, subtask),
                 batch_size={"id": pick(overrides.eval_batch_size, exp.eval_batch_size), "ood": pick(overrides.ood_batch_size, exp.ood_batch_size)},
                 offline=pick(overrides.offline, exp.offline), data_path=pick(overrides.data_path, exp.data_path),
                 model_path=overrides.model_path, max_eval_samples=pick(overrides.max_eval_samples, exp.max_eval_samples),
-                temperature_scaling=evaluation.temperature_scaling or evaluation.eval_method == "temperature",
+                temperature_scaling=temperature,
                 output_dir=Path(evaluation.output_dir) if evaluation.output_dir else paths[0] / "eval", ece_bins=evaluation.ece_bins)
 
 
@@ -136,7 +141,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
             scores.update(metrics.ood_detection_metrics(id_draws, draws))
         record = {
             "method": method.key, "label": method.label() + ("+ts" if temperature is not None and method.key != "temperature" else ""),
-            "settings": {**method.settings(), "temperature": temperature, "temperature_scaling": temperature is not None,
+            "settings": {**method.settings(), **method.fitted_settings(), "temperature": temperature, "temperature_scaling": temperature is not None,
                          "temperature_source": temperature_source, "seed": method.evaluation.seed, "num_members": len(runs),
                          "num_draws": int(draws.shape[0]), "num_processes": accelerator.num_processes if accelerator else 1},
             "distribution": dist, **{k: v for k, v in info.items() if k != "num_choices"}, "num_classes": int(draws.shape[2]),
@@ -144,11 +149,22 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
             "train_subtask": runs[0].config.experiment.subtask, "run_dirs": [str(r.directory) for r in runs],
             "checkpoints": [str(r.directory / method.checkpoint) for r in runs],
             "train_seeds": [r.config.experiment.seed for r in runs], "metrics": scores,
+            "chance_accuracy": majority_rate(labels), "order": method.order, "run_settings": run_settings(runs[0]),
         }
         if accelerator is None or accelerator.is_main_process:
             write_evaluation(record, draws.mean(0), labels, plan.output_dir, ece_bins=plan.ece_bins)
         results.append(record)
     return results
+
+
+def run_settings(run: LoadedRun) -> dict:
+    """The training settings a table names beside an evaluation (member 0's for several members)."""
+    exp, info = run.config.experiment, {}
+    if (run.directory / "run_info.json").is_file():
+        info = json.loads((run.directory / "run_info.json").read_text())
+    return {"method": run.config.method.method_name, "num_epochs": exp.num_epochs, "learning_rate": exp.learning_rate,
+            "batch_size": exp.batch_size, "lora_r": exp.lora_r, "train_rows": info.get("train_rows"),
+            "epochs_trained": info.get("epochs_trained")}
 
 
 def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str, dist: str, accelerator=None,
@@ -163,33 +179,32 @@ def batches(plan: Plan, run: LoadedRun, task_name: str, subtask: str, split: str
         raise ConfigError(f"task {task_name!r} is classification; the model was trained for multiple choice on {train_task.name!r}")
     exp = run.config.experiment
     if rows is None:
-        splits = load_splits(task_name, subtask, offline=plan.offline, data_path=plan.data_path, seed=exp.seed,
-                             val_fraction=exp.val_fraction, roles=(split,), all_items=exp.arc_all_items)
+        splits = DataSource.of(exp, plan.offline, plan.data_path).splits(task_name, subtask, roles=(split,))
         rows, source = splits[split], splits.source["splits"][split]
     rows = rows[: plan.max_eval_samples or None]
-    feats = encode(rows, run.tokenizer, arch, task, run.config.model.max_length, exp.prompt_style)
+    encoding = Encoding.of_model(run.tokenizer, run.model, run.config.model.max_length, exp.prompt_style)
+    feats = encoding.features(rows, task)
     if alignment is not None and alignment != list(range(task.num_choices)):   # e.g. MRPC's equivalent = RTE's entailment
         feats = [{**f, "label": alignment[f["label"]]} for f in feats]
         source += f" (labels as the classifier's: {alignment})"
-    width = run.model.num_choices if arch != "multiple_choice" else choice_width(arch, task)
-    collator = Collator(run.tokenizer.pad_token_id, arch, width, run.tokenizer.padding_side)
+    collator = encoding.collator(task)
     info = {"task": task_name, "subtask": subtask, "split": split, "num_choices": task.num_choices,
             "split_source": source, "num_examples": len(feats)}
-    return Batches(feats, collator, plan.batch_size[dist], accelerator, lambda r, batch_size=None: training_loader(plan, r, batch_size)), info
+    return Batches(feats, collator, plan.batch_size[dist], accelerator,
+                   training=lambda r, batch_size=None: training_loader(plan, r, batch_size),
+                   validation=lambda r: batches(plan, r, r.config.experiment.task, r.config.experiment.subtask,
+                                                "validation", "id", accelerator)[0]), info
 
 
 def training_loader(plan: Plan, run: LoadedRun, batch_size: int | None = None):
     """The run's own training rows (as it trained on them: carving, max_train_samples), in batches of `batch_size`
     (default: the run's eval batch size)."""
-    import torch
     exp = run.config.experiment
     task = get_task(exp.task)
-    rows = load_splits(exp.task, exp.subtask, offline=plan.offline, data_path=plan.data_path, seed=exp.seed,
-                       val_fraction=exp.val_fraction, roles=("train",), all_items=exp.arc_all_items).train
-    feats = encode(rows[: exp.max_train_samples or None], run.tokenizer, run.model.arch, task, run.config.model.max_length,
-                   exp.prompt_style)
-    collator = Collator(run.tokenizer.pad_token_id, run.model.arch, run.model.num_choices, run.tokenizer.padding_side)
-    return torch.utils.data.DataLoader(feats, batch_size=batch_size or exp.eval_batch_size, collate_fn=collator)
+    rows = DataSource.of(exp, plan.offline, plan.data_path).splits(exp.task, exp.subtask, roles=("train",)).train
+    encoding = Encoding.of_model(run.tokenizer, run.model, run.config.model.max_length, exp.prompt_style)
+    return encoding.loader(encoding.features(rows[: exp.max_train_samples or None], task), task,
+                           batch_size or exp.eval_batch_size)
 
 
 def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | None, str]:
@@ -199,9 +214,8 @@ def validation_rows(plan: Plan, runs: list[LoadedRun]) -> tuple[list[dict] | Non
         return None, ""
     exp = runs[0].config.experiment
     task, subtask = plan.id_task
-    rows, source = held_out_validation(task, subtask, [(r.config.experiment.seed, r.config.experiment.val_fraction)
-                                                       for r in runs],
-                                       offline=plan.offline, data_path=plan.data_path, all_items=exp.arc_all_items)
+    rows, source = DataSource.of(exp, plan.offline, plan.data_path).held_out_validation(
+        task, subtask, [(r.config.experiment.seed, r.config.experiment.val_fraction) for r in runs])
     if not rows:
         raise ConfigError(f"temperature scaling of a {plan.method.key}: no validation row of {task} is held out by every "
                           f"member ({source}); evaluate without temperature scaling")

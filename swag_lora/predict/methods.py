@@ -8,13 +8,15 @@ plus any new keys: declared in `EvaluationConfig` (swag_lora/config.py), valued 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from swag_lora.config import ConfigError, EvaluationConfig, RunConfig, SwagConfig
+from swag_lora.config import NO_LOGLIK_HEAD, ConfigError, EvaluationConfig, RunConfig, SwagConfig
+from swag_lora.io import atomic_write
 from swag_lora.posteriors.ivon import IvonPosterior
 from swag_lora.posteriors.laplace import LoraLaplace
 from swag_lora.posteriors.swag import SwagPosterior
@@ -37,6 +39,7 @@ class Batches:
     batch_size: int
     accelerator: object = None
     training: Callable | None = None
+    validation: Callable | None = None      # validation(run) -> Batches of the run's own validation rows
 
 
 class Method:
@@ -44,9 +47,23 @@ class Method:
     checkpoint: ClassVar[str] = "base_model"   # the folder each member is evaluated from
     members: ClassVar[str] = "one"             # one run, or "several" (ensemble-like)
     sampled: ClassVar[bool] = False            # evaluation.num_samples draws per member
+    order: ClassVar[int] = 50                  # where the report lists it (MAP first, ensembles last)
 
     def __init__(self, evaluation: EvaluationConfig):
         self.evaluation = evaluation
+        self.fitted: dict[str, list] = {}       # values fitted per member (e.g. Laplace's prior precision)
+
+    def note(self, **values) -> None:
+        """Record values fitted while drawing (one per member); the evaluation's settings report them."""
+        for k, v in values.items():
+            self.fitted.setdefault(k, []).append(v)
+
+    def fitted_settings(self) -> dict:
+        """The fitted values, as the record's settings: a number's mean over members, else the first member's."""
+        out = {}
+        for k, vs in self.fitted.items():
+            out[k] = float(np.mean(vs)) if all(isinstance(v, (int, float)) for v in vs) else vs[0]
+        return out
 
     def label(self) -> str:
         return self.key
@@ -71,6 +88,7 @@ class Method:
 class MAP(Method):
     """The lowest-validation-loss adapter, dropout off: one draw."""
     key = "base"
+    order = 0
 
     def label(self) -> str:      # the report's name: base is "map"; the subclasses go by their key
         return "map" if self.key == "base" else self.key
@@ -85,19 +103,24 @@ class MAP(Method):
 class Dropout(MAP):
     """MC dropout: the MAP adapter with dropout on, S passes."""
     key = "dropout"
+    order = 2
     sampled = True
 
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
         return draw_probs(run.model, data.features, data.collator, data.batch_size, "dropout",
                           num_samples=self.evaluation.num_samples, seed=self.evaluation.seed, sort_by_length=self.evaluation.sort_by_length,
-                          accelerator=data.accelerator)
+                          accelerator=data.accelerator, dropout_scope=self.evaluation.dropout_scope)
+
+    def settings(self) -> dict:
+        return {**super().settings(), "dropout_scope": self.evaluation.dropout_scope}
 
 
 @register
 class Swag(Method):
     """SWAG: S samples from the run's posterior written into the model (scale 0: SWA, the posterior mean)."""
     key = "swag"
+    order = 3
     checkpoint = "swag_model"
     sampled = True
 
@@ -135,6 +158,7 @@ class Swag(Method):
 class Ensemble(MAP):
     """Deep ensemble: the MAP adapters of several runs, one draw each."""
     key = "ensemble"
+    order = 20
     members = "several"
 
 
@@ -142,6 +166,7 @@ class Ensemble(MAP):
 class MultiSwag(Swag):
     """MultiSWAG: S samples from each of several runs' posteriors (scale 0: MultiSWA)."""
     key = "multiswag"
+    order = 21
     members = "several"
 
     def label(self) -> str:
@@ -158,6 +183,7 @@ class MultiSwag(Swag):
 class Temperature(MAP):
     """MAP with a temperature fitted on validation rows (the same as base with evaluation.temperature_scaling)."""
     key = "temperature"
+    order = 1
 
 
 @register
@@ -166,6 +192,7 @@ class Laplace(Method):
     (`head`: last-layer Laplace, its samples and Jacobians on features of one backbone pass); KFAC or diagonal GGN,
     the prior precision by marginal likelihood (laplace-torch); fitted once per run, kept in laplace_model/."""
     key = "laplace"
+    order = 10
     sampled = True
 
     def label(self) -> str:
@@ -176,7 +203,16 @@ class Laplace(Method):
         return {"num_samples": 1 if e.laplace_predictive == "glm_probit" else e.num_samples,
                 "laplace_subset": e.laplace_subset, "laplace_hessian": e.laplace_hessian,
                 "laplace_predictive": e.laplace_predictive,
-                **({"laplace_batch_size": e.laplace_batch_size} if e.laplace_batch_size else {})}   # set: it changes the fit
+                **({"laplace_batch_size": e.laplace_batch_size} if e.laplace_batch_size else {}),   # set: it changes the fit
+                **({"laplace_prior": e.laplace_prior} if e.laplace_prior != "marglik" else {})}
+
+    def check(self, runs, paths):
+        super().check(runs, paths)
+        if self.evaluation.laplace_subset == "head":
+            for run, path in zip(runs, paths):
+                if run.experiment.choice_scoring != "letter" and run.model.family == "causal":
+                    raise ConfigError(f"evaluation.laplace_subset=head on {path}, trained with experiment.choice_scoring="
+                                      f"{run.experiment.choice_scoring}: {NO_LOGLIK_HEAD}")
 
     def posterior(self, run, data: Batches) -> tuple[LoraLaplace, dict]:
         """The run's fitted Laplace (fitted and saved on first use; refitted if base_model/ or the fit's batch size
@@ -189,15 +225,62 @@ class Laplace(Method):
         # which MAP adapter the factors belong to, and the fit's batch size (KFAC adds its factors batch by batch)
         adapter = hashlib.sha1((run.directory / "base_model" / "adapter_model.safetensors").read_bytes()).hexdigest()
         adapter += f" batch_size={loader.batch_size}"
+        if e.laplace_prior == "val_nll":        # the same factors; the prior chosen on validation rows, kept apart
+            name += "_valnll"
+            adapter += f" grid={list(e.laplace_prior_grid)}"
         meta = folder / f"{name}.json"
         if meta.is_file() and (folder / f"{name}.adapter").is_file() and (folder / f"{name}.adapter").read_text() == adapter:
-            return LoraLaplace.load(folder, name, model, named), named
+            post = LoraLaplace.load(folder, name, model, named)
+            self.note(prior_precision=post.prior_precision, prior_source=json.loads(meta.read_text()).get("prior_source"))
+            return post, named
         post = LoraLaplace(model, named, e.laplace_hessian)
         post.fit(loader)
+        source = "marglik"
+        if e.laplace_prior == "val_nll":
+            val = data.validation(run)
+            choice = post.select_prior(self.moments(model, post, named, val), list(e.laplace_prior_grid))
+            source = f"val_nll ({len(choice['grid'])} values, {choice['rows']} validation rows)"
+        post.prior_source = source
         if data.accelerator is None or data.accelerator.is_main_process:
             post.save(folder, name)
-            (folder / f"{name}.adapter").write_text(adapter)
+            with atomic_write(folder / f"{name}.adapter") as tmp:
+                tmp.write_text(adapter)
+        self.note(prior_precision=post.prior_precision, prior_source=source)
         return post, named
+
+    def moments(self, model, post: LoraLaplace, named: dict, data: Batches):
+        """(logits, Jacobians, labels) per batch of `data`: of the head on cached features for the last-layer subset, of
+        the whole model (laplace-torch's backend) otherwise."""
+        import torch
+        e, acc = self.evaluation, data.accelerator
+        device = acc.device if acc else next(model.parameters()).device
+        labels = torch.tensor([f["label"] for f in data.features])
+        model.eval()
+        for index, batch in prepare_batches(data.features, data.collator, data.batch_size, acc, e.sort_by_length, device):
+            if e.laplace_subset == "head":
+                f_mu, J = self.head_jacobians(model, named, batch)
+            else:
+                f_mu, J = post.jacobians(batch, rows=e.laplace_jacobian_rows)
+            yield f_mu, J, labels[torch.as_tensor(index, dtype=torch.long)].to(f_mu.device)
+
+    @staticmethod
+    def head_jacobians(model, named: dict, batch: dict):
+        """(logits, Jacobians) of the head on the features of one backbone pass."""
+        import torch
+        from torch.func import functional_call, jacrev
+        with torch.no_grad():
+            features = model.head_inputs(batch)
+            f_mu = model.logits_from_head(features, batch)
+        module = model.head_module()
+        inside = {id(p): n for n, p in module.named_parameters()}       # names relative to the head
+        params = {inside[id(t)]: t.detach() for t in named.values()}
+
+        def head_logits(p):
+            out = functional_call(module, p, features).float()
+            out = out.reshape(batch["choice_mask"].shape[0], -1)
+            return out.masked_fill(~batch["choice_mask"], torch.finfo(out.dtype).min)
+        jac = jacrev(head_logits)(params)
+        return f_mu, torch.cat([jac[inside[id(t)]].reshape(*f_mu.shape, -1) for t in named.values()], -1)
 
     def draws(self, run, member, data):
         import torch
@@ -213,8 +296,6 @@ class Laplace(Method):
     def linearised(self, model, post: LoraLaplace, named: dict, data: Batches, generator) -> np.ndarray:
         """GLM predictive per batch: logits and their Jacobians w.r.t. the covered tensors (of the head on cached
         features for the last-layer subset; of the whole model otherwise, by laplace-torch)."""
-        import torch
-        from torch.func import functional_call, jacrev
         e, acc = self.evaluation, data.accelerator
         device = acc.device if acc else next(model.parameters()).device
         prepared = prepare_batches(data.features, data.collator, data.batch_size, acc, e.sort_by_length, device)
@@ -223,19 +304,7 @@ class Laplace(Method):
         model.eval()
         for index, batch in prepared:
             if head:
-                with torch.no_grad():
-                    features = model.head_inputs(batch)
-                    f_mu = model.logits_from_head(features, batch)
-                module = model.head_module()
-                inside = {id(p): n for n, p in module.named_parameters()}       # names relative to the head
-                params = {inside[id(t)]: t.detach() for t in named.values()}
-
-                def head_logits(p, features=features, batch=batch):
-                    out = functional_call(module, p, features).float()
-                    out = out.reshape(batch["choice_mask"].shape[0], -1)
-                    return out.masked_fill(~batch["choice_mask"], torch.finfo(out.dtype).min)
-                jac = jacrev(head_logits)(params)
-                J = torch.cat([jac[inside[id(t)]].reshape(*f_mu.shape, -1) for t in named.values()], -1)
+                f_mu, J = self.head_jacobians(model, named, batch)
                 probs = post.glm(f_mu, J, e.laplace_predictive, samples, generator)
             else:
                 probs = post.predictive(batch, e.laplace_predictive, samples, generator, rows=e.laplace_jacobian_rows)
@@ -249,6 +318,7 @@ class Laplace(Method):
 class Ivon(Method):
     """IVON: S samples from the variational posterior its optimizer ended with (ivon_model/), written into the model."""
     key = "ivon"
+    order = 12
     checkpoint = "ivon_model"
     sampled = True
 

@@ -16,12 +16,12 @@ from tqdm.auto import tqdm
 
 from swag_lora import metrics
 from swag_lora.config import ConfigError, RunConfig, go_offline, run_dir
-from swag_lora.data import get_task, load_splits
-from swag_lora.data.encode import Collator, choice_width, encode, labels_of
+from swag_lora.data import DataSource, get_task
+from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
 from swag_lora.io import atomic_dir
-from swag_lora.model import build_model, encoder_arch, load_tokenizer, model_source, swag_tensors
-from swag_lora.posteriors.ivon import IvonPosterior, make_ivon
+from swag_lora.model import build_model, load_tokenizer, model_arch, model_source, swag_tensors
+from swag_lora.posteriors.ivon import IvonPosterior, hessian_movement, make_ivon
 from swag_lora.posteriors.swag import SwagPosterior
 from swag_lora.predict import draw_probs
 from swag_lora.train.checkpoint import Checkpointer
@@ -89,6 +89,8 @@ def train(run: RunConfig) -> Path:
             "reloaded_from_epoch": collector.reloaded_from_epoch if collector else None,
             "swag_saved_epoch": collector.saved_epoch if collector else None,
             "num_snapshots": post.num_snapshots if post else 0, "num_processes": accelerator.num_processes,
+            "train_rows": len(data.features["train"]), "validation_rows": len(data.features["validation"]),
+            **(hessian_movement(optimizer, run.ivon.ivon_hess_init) if run.ivon else {}),
             "data": data.source})
     accelerator.wait_for_everyone()
     log.finish()
@@ -238,20 +240,16 @@ class TrainingData:
         self.run, self.task = run, get_task(exp.task)
         self.source_path = model_source(run.model, exp.offline, exp.model_path)
         self.tokenizer = load_tokenizer(run.model, self.source_path)
-        self.arch = "causal" if run.model.family == "causal" else encoder_arch(self.task)
-        splits = load_splits(exp.task, exp.subtask, offline=exp.offline, data_path=exp.data_path, seed=exp.seed,
-                             val_fraction=exp.val_fraction, all_items=exp.arc_all_items, roles=("train", "validation"))
+        self.arch = model_arch(run.model, exp, self.task)
+        self.encoding = Encoding(self.tokenizer, self.arch, run.model.max_length, exp.prompt_style)
+        splits = DataSource.of(exp).splits(exp.task, exp.subtask, roles=("train", "validation"))
         self.source = splits.source
         cap = {"train": exp.max_train_samples, "validation": exp.max_eval_samples}
-        self.features = {role: encode(splits[role][: cap[role] or None], self.tokenizer, self.arch, self.task,
-                                      run.model.max_length, exp.prompt_style) for role in cap}
+        self.features = {role: self.encoding.features(splits[role][: cap[role] or None], self.task) for role in cap}
         self.labels = {role: labels_of(feats) for role, feats in self.features.items()}
-        self.collator = Collator(self.tokenizer.pad_token_id, self.arch, choice_width(self.arch, self.task),
-                                 self.tokenizer.padding_side)
-        self.loader = torch.utils.data.DataLoader(
-            self.features["train"], batch_size=exp.batch_size // exp.gradient_accumulation_steps,
-            sampler=EpochSampler(len(self.features["train"]), exp.seed), collate_fn=self.collator,
-            generator=torch.Generator())
+        self.collator = self.encoding.collator(self.task)
+        self.loader = self.encoding.loader(self.features["train"], self.task, exp.batch_size // exp.gradient_accumulation_steps,
+                                           sampler=EpochSampler(len(self.features["train"]), exp.seed))
 
     def model_and_optimizer(self, accelerator):
         """The base model + LoRA + head, seeded as every process's; AdamW over its trained tensors."""
@@ -266,7 +264,8 @@ class TrainingData:
             optimizer = make_ivon(list(trainable.values()), lr=ivon.learning_rate(exp),
                                   ess=ivon.ivon_ess or len(self.features["train"]),
                                   hess_init=ivon.ivon_hess_init, beta1=ivon.ivon_beta1, beta2=ivon.ivon_beta2,
-                                  weight_decay=ivon.ivon_weight_decay)
+                                  weight_decay=ivon.ivon_weight_decay, clip_radius=ivon.ivon_clip_radius,
+                                  rescale_lr=ivon.ivon_rescale_lr)
         else:
             optimizer = torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
         accelerator.print(
@@ -281,8 +280,9 @@ def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
     exp, swag = run.experiment, run.swag
     total = batches_per_epoch * exp.num_epochs
     base_lr = run.ivon.learning_rate(exp) if run.ivon else exp.learning_rate
+    warmup = run.ivon.ivon_warmup_length if run.ivon else exp.warmup_length
     return LRSchedule(
-        base_lr=base_lr, total_steps=total, warmup_steps=exp.warmup_length * total, scheduler=exp.scheduler,
+        base_lr=base_lr, total_steps=total, warmup_steps=warmup * total, scheduler=exp.scheduler,
         num_cycles=exp.num_lr_cycles, cycle_steps=batches_per_epoch,
         swag_start_step=swag.swag_start * batches_per_epoch if swag else None,
         swag_lr=swag.swag_learning_rate if swag else None,

@@ -1,0 +1,3 @@
+from swag_lora.report.tables import main
+
+raise SystemExit(main())

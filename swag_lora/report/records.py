@@ -1,0 +1,99 @@
+"""One evaluation's record: `<name>.json` (metrics, settings, where it came from), `<name>.npz` (probabilities and
+labels), its reliability diagram and selective-prediction curve; the summary table a run prints; and reading the
+records back (`load_records`)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from swag_lora.io import atomic_write
+from swag_lora.report.figures import reliability_diagram, selective_figure
+
+
+class ReportError(ValueError):
+    """A record or report input that cannot be used: the message is one line for the user."""
+
+
+def eval_name(record: dict) -> str:
+    task = record["task"] + (f"_{record['subtask']}" if record["subtask"] else "")
+    s = record["settings"]
+    extra = ""
+    if s.get("num_samples", 1) > 1 and record["label"].replace("+ts", "") not in ("swa", "multiswa", "ll-swa"):
+        extra = f"_s{s['num_draws'] // max(s['num_members'], 1)}"
+        if s.get("swag_sample_scale") is not None:
+            extra += f"_scale{s['swag_sample_scale']:g}" + ("" if s.get("swag_cov_mat") else "_diag")
+    if s.get("laplace_hessian"):
+        extra += f"_{s['laplace_hessian']}_{s['laplace_predictive']}"
+    if s.get("temperature") is not None and record["method"] != "temperature":
+        extra += "_ts"
+    if s.get("num_members", 1) > 1:
+        extra += f"_m{s['num_members']}"
+    return f"{record['label'].replace('+ts', '')}{extra}_{record['distribution']}_{task}_{record['split']}"
+
+
+def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_dir: Path, ece_bins: int = 15) -> Path:
+    """`<name>.json` (metrics and settings), `<name>.npz` (probs N x C, labels N), `<name>.png`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = eval_name(record)
+    record["name"] = name
+    with atomic_write(out_dir / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    with atomic_write(out_dir / f"{name}.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, probs=probs.astype(np.float32), labels=labels.astype(np.int64))
+    title = f"{record['label']} on {record['task']} {record['subtask']} ({record['distribution'].upper()})"
+    reliability_diagram([(record["label"], probs, labels)], out_dir / f"{name}.png", n_bins=ece_bins, title=title)
+    selective_figure([(record["label"], probs, labels)], out_dir / f"{name}_selective.png", title=title)
+    return out_dir / f"{name}.json"
+
+
+def print_summary(results: list[dict], eval_dir: Path | None) -> str:
+    """A Markdown table of the results of one run (and the combined reliability diagram)."""
+    lines = ["| method | split | accuracy | nll | ece | brier | mutual_information | auroc_entropy |", "|" + "---|" * 8]
+    for r in results:
+        m = r["metrics"]
+        cells = [f"{m[k]:.4f}" if k in m and not math.isnan(m[k]) else "" for k in
+                 ("accuracy", "nll", "ece", "brier", "mutual_information", "auroc_entropy")]
+        lines.append(f"| {r['label']} | {r['distribution']}: {r['task']} {r['subtask']} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if eval_dir is not None:
+        with atomic_write(Path(eval_dir) / "summary.md") as tmp:
+            tmp.write_text(table + "\n")
+        for dist in ("id", "ood"):
+            entries = []
+            for r in results:
+                if r["distribution"] == dist:
+                    d = np.load(Path(eval_dir) / f"{r['name']}.npz")
+                    entries.append((r["label"], d["probs"].astype(np.float64), d["labels"]))
+            if entries:
+                r0 = next(r for r in results if r["distribution"] == dist)
+                reliability_diagram(entries, Path(eval_dir) / f"reliability_{dist}.png",
+                                    title=f"{dist.upper()}: {r0['task']} {r0['subtask']} ({r0['split']}, {r0['num_examples']} rows)")
+        print(f"[swag-lora] evaluation written to {eval_dir} (summary.md, reliability_id.png, reliability_ood.png)")
+    return table
+
+
+def load_records(paths: list[str | Path]) -> list[dict]:
+    """The evaluation records among `paths`: JSON files, or folders searched recursively (a run directory, an
+    evaluation output_dir, a protocol's eval/ tree); other JSON files (run_info.json, configs) are passed over.
+    A file that is not valid JSON is refused, naming it."""
+    recs = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise ReportError(f"{p} does not exist; allowed: run directories, eval folders or evaluation JSON files")
+        for f in [p] if p.suffix == ".json" else sorted(p.rglob("*.json")):
+            try:
+                r = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ReportError(f"{f} is not valid JSON ({e}); remove it or evaluate again") from None
+            if isinstance(r, dict) and {"metrics", "method", "label", "distribution"} <= r.keys():
+                r["_npz"] = str(f.with_suffix(".npz"))
+                r["_file"] = str(f)
+                recs.append(r)
+    return recs
