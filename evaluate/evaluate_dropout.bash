@@ -21,6 +21,7 @@ OOD_TASK="${OOD_TASK:-}"
 OOD_SUBTASK="${OOD_SUBTASK:-}"
 NUM_SAMPLES="${NUM_SAMPLES:-15}"
 SWAG_SAMPLE_SCALE="${SWAG_SAMPLE_SCALE:-1.0}"
+DROPOUT_SCOPE="${DROPOUT_SCOPE:-modules}"   # nn.Dropout modules only (the original's), or whole_model (attention dropout too)
 METHOD=dropout RUNS=one
 BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
 [[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"

@@ -29,6 +29,7 @@ LAPLACE_HESSIAN="${LAPLACE_HESSIAN:-kron}"
 LAPLACE_PREDICTIVE="${LAPLACE_PREDICTIVE:-glm_probit}"
 LAPLACE_BATCH_SIZE="${LAPLACE_BATCH_SIZE:-}"
 LAPLACE_JACOBIAN_ROWS="${LAPLACE_JACOBIAN_ROWS:-8}"
+LAPLACE_PRIOR="${LAPLACE_PRIOR:-marglik}"   # or val_nll: the prior precision with the lowest validation NLL over a grid
 METHOD=laplace RUNS=one
 BODY="$(dirname "${BASH_SOURCE[0]}")/../scripts/evaluate.sh"   # under sbatch: the submit directory's copy
 [[ -f "$BODY" ]] || BODY="${SLURM_SUBMIT_DIR:-.}/scripts/evaluate.sh"

@@ -20,6 +20,7 @@ protocol.yaml:
       - {name: ensemble, runs: map, method: ensemble}          # members: with >= 3 seeds, each leave-one-out set
     ood: [[task, subtask], ...]
     eval_common: [overrides for every evaluation]
+    tune: {name: {seed: 0, grid: {key: [values]}}}           # optional: one key of a run chosen by validation loss
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
     return found[0]
 
 
-PROTOCOL_KEYS = {"out": str, "seeds": list, "common": list, "runs": dict, "evaluations": list, "ood": list, "eval_common": list}
+PROTOCOL_KEYS = {"out": str, "seeds": list, "common": list, "runs": dict, "evaluations": list, "ood": list, "eval_common": list,
+                 "tune": dict}
 
 
 def load_protocol(argv: list[str]) -> dict:
@@ -107,7 +109,39 @@ def load_protocol(argv: list[str]) -> dict:
         if source not in protocol["runs"]:
             raise SystemExit(f"error: {path}: evaluation {ev['name']!r} reads run {source!r}, which the protocol does not "
                              f"train; allowed: {', '.join(protocol['runs'])}")
+    for name, spec in (protocol.get("tune") or {}).items():
+        if name not in protocol["runs"] or not isinstance(spec, dict) or not isinstance(spec.get("grid"), dict) \
+                or len(spec["grid"]) != 1 or not isinstance(next(iter(spec["grid"].values())), list):
+            raise SystemExit(f"error: {path}: tune entry {name!r} must name a run and give grid: {{key: [values]}} "
+                             f"(one key); runs: {', '.join(protocol['runs'])}")
     return protocol
+
+
+def tuned_overrides(out: Path, protocol: dict, name: str, python: str) -> list[str]:
+    """Validation-only tuning of one key of run `name` (protocol `tune:`): one training of the tuning seed per grid value
+    (runs/<name>_tune/), the value with the lowest best validation loss (run_info.json) is kept, recorded in
+    <out>/tuned.json, and used by every seed's run."""
+    spec = (protocol.get("tune") or {}).get(name)
+    if not spec:
+        return []
+    (key, values), = spec["grid"].items()
+    seed = spec.get("seed", protocol["seeds"][0])
+    losses = {}
+    for i, value in enumerate(values):
+        save = out / "runs" / f"{name}_tune" / f"{i}"
+        step(out, f"tune_{name}_{i}_seed{seed}", [python, "launch_exp_hydra.py", *(protocol.get("common") or []),
+                                                   *(protocol["runs"][name] or []), f"{key}={value}", f"experiment.seed={seed}",
+                                                   f"experiment.save_folder={save}", "experiment.eval_upon_save=false"])
+        info = json.loads(next(save.rglob("run_info.json")).read_text())
+        losses[str(value)] = info["base_model_val_loss"]
+    best = min(values, key=lambda v: losses[str(v)])
+    record = {**(json.loads((out / "tuned.json").read_text()) if (out / "tuned.json").exists() else {}),
+              name: {"key": key, "chosen": best, "seed": seed, "best_validation_loss": losses}}
+    tmp = out / f".tuned.{os.getpid()}.json"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / "tuned.json")
+    print(f"[tune] {name}: {key}={best} (best validation loss per value: {losses})", flush=True)
+    return [f"{key}={best}"]
 
 
 def member_sets(seeds: list[int]) -> list[tuple[str, list[int]]]:
@@ -133,9 +167,10 @@ def main(argv: list[str]) -> int:
     for name, overrides in protocol["runs"].items():
         if only.get("run", name) != name:
             continue
+        tuned = tuned_overrides(out, protocol, name, python)
         for seed in seeds:
             step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *(protocol.get("common") or []),
-                                                   *(overrides or []), f"experiment.seed={seed}",
+                                                   *(overrides or []), *tuned, f"experiment.seed={seed}",
                                                    f"experiment.save_folder={out / 'runs' / name}",
                                                    "experiment.eval_upon_save=false"])
     # one evaluation per (evaluation, seed) scores the in-distribution rows once and every OOD task against them

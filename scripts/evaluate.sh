@@ -23,6 +23,11 @@ EVAL_ARGS=(evaluation.eval_method="$METHOD" evaluation.num_samples="$NUM_SAMPLES
 [[ -n "${LAPLACE_PREDICTIVE:-}" ]] && EVAL_ARGS+=(evaluation.laplace_predictive="$LAPLACE_PREDICTIVE")
 [[ -n "${LAPLACE_BATCH_SIZE:-}" ]] && EVAL_ARGS+=(evaluation.laplace_batch_size="$LAPLACE_BATCH_SIZE")
 [[ -n "${LAPLACE_JACOBIAN_ROWS:-}" ]] && EVAL_ARGS+=(evaluation.laplace_jacobian_rows="$LAPLACE_JACOBIAN_ROWS")
+[[ -n "${LAPLACE_PRIOR:-}" ]] && EVAL_ARGS+=(evaluation.laplace_prior="$LAPLACE_PRIOR")
+[[ -n "${DROPOUT_SCOPE:-}" ]] && EVAL_ARGS+=(evaluation.dropout_scope="$DROPOUT_SCOPE")
+[[ -n "${BLOB_MEAN:-}" ]] && EVAL_ARGS+=(evaluation.blob_mean="$BLOB_MEAN")
+[[ -n "${TFB_METRIC:-}" ]] && EVAL_ARGS+=(evaluation.tfb_metric="$TFB_METRIC")
+[[ -n "${TFB_TOLERANCE:-}" ]] && EVAL_ARGS+=(evaluation.tfb_tolerance="$TFB_TOLERANCE")
 if [[ "$RUNS" == several ]]; then
   [[ -n "$PATHS" ]] || { echo "error: set PATHS to two or more run directories (space-separated)" >&2; exit 2; }
   read -r -a MEMBERS <<< "$PATHS"

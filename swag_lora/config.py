@@ -134,7 +134,7 @@ class ExperimentConfig:
 
 @dataclass
 class MethodConfig:
-    method_name: str = opt("swag (the original's), swag_demo (the default: tuned for the 6-epoch demo), map, ivon")
+    method_name: str = opt("swag (the original's), swag_demo (the default: tuned for the 6-epoch demo), map, ivon, blob")
 
 
 @dataclass
@@ -197,7 +197,25 @@ class IvonConfig(MethodConfig):
         return self.ivon_learning_rate or exp.learning_rate
 
 
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig, "ivon": IvonConfig}
+@dataclass
+class BlobConfig(MethodConfig):
+    """BLoB (Bayesian LoRA by backpropagation; posteriors/blob.py): a variational Gaussian over LoRA's A matrices (B a
+    point estimate), trained with flipout noise and a KL to N(0, prior_std^2); its posterior is saved in blob_model/ at
+    the end of training.  The defaults are Wang-ML-Lab/bayesian-peft's (scripts/blob): eps 0.05 (initial std 0.05^2),
+    beta 0.2, KL learning rate 0.01 with the exponential KL reweighting, one training sample."""
+    blob_init_std: float = opt("sigma starts uniform in [s0 / 2, s0] (sigma = rho^2; BLoB's eps = 0.05: s0 = 0.0025)",
+                               check="positive")
+    blob_prior_std: float = opt("the prior N(0, beta^2) on A (BLoB: beta = 0.2)", check="positive")
+    blob_kl_lr: float = opt("learning rate of the SGD step on the KL (and on sigma's parameters; BLoB: 0.01 for LLaMA, "
+                            "0.002 for RoBERTa), scaled by the run's learning-rate schedule", check="positive")
+    blob_kl_reweighting: bool = opt("the KL weight 2^i / (2^(M+1) - 1) within each cycle of M steps (BLoB's "
+                                    "--bayes-klreweighting); false: 1 / M")
+    blob_kl_cycle_steps: int | None = opt("M, optimizer steps per KL cycle; null: one epoch", check="positive_int")
+    blob_train_samples: int = opt("noised forward passes per training batch (their logits averaged)", check="positive_int")
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapConfig, "ivon": IvonConfig,
+                                                 "blob": BlobConfig}
 
 
 @dataclass
@@ -234,8 +252,16 @@ class EvaluationConfig:
     laplace_jacobian_rows: int = opt("rows per Jacobian call of the whole-model GLM predictive (laplace-torch); memory "
                                      "grows with it, and on a 135M causal LM one row at a time was also the fastest",
                                      check="positive_int")
+    blob_mean: bool = opt("eval_method=blob: the posterior mean alone, one draw (BLoB-Mean), instead of num_samples samples")
+    tfb_metric: str = opt("eval_method=tfb: the validation metric whose degradation bounds the scale (TFB: either)",
+                          choices=("nll", "accuracy"))
+    tfb_tolerance: float = opt("eval_method=tfb: the largest scale with NLL <= MAP's x (1 + tolerance) (metric nll), or "
+                               "accuracy >= MAP's - tolerance (metric accuracy)", check="positive")
+    tfb_upper: float = opt("eval_method=tfb: the bisection's first upper bound of the scale (doubled while feasible)",
+                           check="positive")
+    tfb_search_steps: int = opt("eval_method=tfb: bisection halvings after the bracket is found (TFB: 5)", check="positive_int")
     table_methods: list = opt("the closing table after training: any of map, dropout, swa, swag, laplace, ll-laplace, "
-                              "ivon, temperature (those the run has the files for)")
+                              "ivon, blob, tfb, temperature (those the run has the files for)")
 
 
 TABLE_METHODS = {   # evaluation.table_methods entries: (eval_method, overrides, the folder the run needs)
@@ -243,6 +269,7 @@ TABLE_METHODS = {   # evaluation.table_methods entries: (eval_method, overrides,
     "dropout": ("dropout", {}, "base_model"), "swa": ("swag", {"swag_sample_scale": 0.0, "num_samples": 1}, "swag_model"),
     "swag": ("swag", {}, "swag_model"), "laplace": ("laplace", {"laplace_subset": "all"}, "base_model"),
     "ll-laplace": ("laplace", {"laplace_subset": "head"}, "base_model"), "ivon": ("ivon", {}, "ivon_model"),
+    "blob": ("blob", {}, "blob_model"), "tfb": ("tfb", {}, "base_model"),
 }
 
 
@@ -573,6 +600,12 @@ def validate_train(run: RunConfig) -> None:
     unknown = [name for name in run.evaluation.table_methods if name not in TABLE_METHODS]
     if unknown:
         _fail(f"unknown evaluation.table_methods entry {unknown[0]!r}; allowed: {', '.join(TABLE_METHODS)}")
+    if isinstance(m, BlobConfig):
+        if exp.gradient_accumulation_steps > 1:
+            _fail(f"method=blob with experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps}: its KL step "
+                  f"follows each optimizer step of one batch; allowed: 1 (use a larger batch_size)")
+        if exp.max_grad_norm > 0:
+            _fail(f"method=blob with experiment.max_grad_norm={exp.max_grad_norm}: BLoB clips nothing; allowed: 0")
     if isinstance(m, IvonConfig):
         if exp.gradient_accumulation_steps > 1:
             _fail(f"method=ivon with experiment.gradient_accumulation_steps={exp.gradient_accumulation_steps}: IVON takes "
@@ -619,6 +652,8 @@ def default_exp_name(run: RunConfig) -> str:
     if isinstance(m, IvonConfig):
         name += (f"_ivon-lr{m.learning_rate(exp):g}-h{m.ivon_hess_init:g}"
                  + (f"-ess{m.ivon_ess:g}" if m.ivon_ess else ""))
+    if isinstance(m, BlobConfig):
+        name += f"_blob-s{m.blob_init_std:g}-p{m.blob_prior_std:g}-kl{m.blob_kl_lr:g}"
     return name
 
 
@@ -674,21 +709,22 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 
 def markdown_table() -> str:
-    """The README's configuration table, generated from the dataclasses above and the composed defaults
-    (experiment and evaluation keys: the default config; method keys: method=swag, then IVON's own keys under
-    method=ivon; model keys: per model)."""
+    """docs/configuration.md's table, generated from the dataclasses above and the composed defaults (experiment and
+    evaluation keys: the default config; method keys: method=swag, then each other method's own keys under its
+    method=<name>; model keys: per model)."""
     default = OmegaConf.to_container(compose("config"), resolve=False)
     swag = OmegaConf.to_container(compose("config", ["method=swag"]), resolve=False)
-    ivon = OmegaConf.to_container(compose("config", ["method=ivon"]), resolve=False)
-    ivon_fields = [f for f in dataclasses.fields(IvonConfig) if f.name not in {g.name for g in dataclasses.fields(MethodConfig)}]
+    own = {name: ([f for f in dataclasses.fields(cls) if f.name not in {g.name for g in dataclasses.fields(MethodConfig)}],
+                  OmegaConf.to_container(compose("config", [f"method={name}"]), resolve=False)["method"])
+           for name, cls in METHOD_CONFIGS.items() if name not in ("swag", "map")}
 
     def fmt(v):
         return "`null`" if v is None else '`""`' if v == "" else f"`{json.dumps(v) if isinstance(v, (list, dict)) else v}`"
     checks = {"positive": "> 0", "positive_int": "integer > 0", "nonneg": ">= 0", "nonneg_int": "integer >= 0",
               "fraction": "(0, 1)", "fraction0": "[0, 1)"}
     rows = ["| key | meaning | allowed | default |", "|---|---|---|---|"]
-    for group, cls, values in (("experiment", ExperimentConfig, default["experiment"]),
-                               ("method", SwagConfig, swag["method"]), ("method", ivon_fields, ivon["method"]),
+    for group, cls, values in (("experiment", ExperimentConfig, default["experiment"]), ("method", SwagConfig, swag["method"]),
+                               *(("method", fields, values) for fields, values in own.values()),
                                ("model", ModelConfig, None), ("evaluation", EvaluationConfig, default["evaluation"])):
         for f in cls if isinstance(cls, list) else dataclasses.fields(cls):
             meta = f.metadata
@@ -703,6 +739,20 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(markdown_table())
+def write_docs(path: str | os.PathLike) -> None:
+    """Replace the generated table between the config-table markers of `path` (docs/configuration.md)."""
+    import re
+    path = Path(path)
+    text = path.read_text()
+    head, rest = re.split(r"(?<=-->\n)", text.split("<!-- config-table", 1)[1], maxsplit=1)
+    tail = rest.split("<!-- /config-table -->", 1)[1]
+    path.write_text(text.split("<!-- config-table", 1)[0] + "<!-- config-table" + head + markdown_table().strip()
+                    + "\n<!-- /config-table -->" + tail)
+
+
+if __name__ == "__main__":      # python -m swag_lora.config [--write docs/configuration.md]
+    if sys.argv[1:2] == ["--write"]:
+        write_docs(sys.argv[2] if len(sys.argv) > 2 else CONF.parents[1] / "docs" / "configuration.md")
+    else:
+        print(markdown_table())
     sys.exit(0)

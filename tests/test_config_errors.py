@@ -78,7 +78,7 @@ def test_the_verbatim_command_composes_and_validates():
 
 @pytest.mark.parametrize("args,message", [
     (["model=llama_7b"], "error: unknown model 'llama_7b'; allowed: distilbert, gemma3_270m, llama_3_1_8b, llama_7b_hf"),
-    (["method=swa"], "error: unknown method 'swa'; allowed: ivon, map, swag, swag_demo"),
+    (["method=swa"], "error: unknown method 'swa'; allowed: blob, ivon, map, swag, swag_demo"),
     (["method.swag_start=9", "experiment.num_epochs=3"], "error: method.swag_start=9 must be in [0, experiment.num_epochs=3)"),
     (["experiment.scheduler=cosine", "experiment.lr_scheduler=linear"],
      "error: experiment.lr_scheduler=linear and experiment.scheduler=cosine name the same setting; give one of them"),
@@ -96,7 +96,7 @@ def test_command_line_prints_one_line_and_exits_2(args, message):
 @pytest.mark.parametrize("args,message", [
     (["evaluation.eval_model_path=/nonexistent/run"], "error: evaluation model path '/nonexistent/run' is not a swag-lora run directory"),
     (["evaluation.eval_method=ensemble", "evaluation.eval_model_paths=[/a]"], "error: evaluation.eval_method=ensemble needs at least 2 runs"),
-    (["evaluation.eval_method=blob"], "error: unknown evaluation.eval_method 'blob'; allowed: base, dropout, swag, ensemble, multiswag, temperature, laplace, ivon"),
+    (["evaluation.eval_method=bogus"], "error: unknown evaluation.eval_method 'bogus'; allowed: base, dropout, swag, ensemble, multiswag, temperature, laplace, ivon, blob, multiblob, tfb"),
 ])
 def test_evaluation_command_line_errors(args, message):
     p = subprocess.run([sys.executable, "-m", "swag_lora.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -185,15 +185,11 @@ def test_report_keeps_every_setting_that_changes_the_predictive_apart():
         carved.append(rec("swa+ts", "swag", 0.0, True, seed=seed))
         carved[-1]["settings"]["temperature_source"] = source
     assert sorted(r["n"] for r in aggregate(carved)) == [1, 2]
-    from swag_lora.config import EvaluationConfig
+    from swag_lora.config import evaluation_config
     from swag_lora.predict.methods import make_method
-    base = dict(eval_model_path="", eval_model_paths=[], num_samples=1, swag_sample_scale=0.0, swag_cov_mat=True,
-                only_ood=False, seed=0, temperature_scaling=True, ece_bins=15, split="test", sort_by_length=True, output_dir="",
-                laplace_subset="all", laplace_hessian="kron", laplace_predictive="nn_mc", laplace_batch_size=None,
-                laplace_jacobian_rows=8, table_methods=[], dropout_scope="modules", laplace_prior="marglik",
-                laplace_prior_grid=[1.0])
-    assert make_method(EvaluationConfig(eval_method="swag", **base)).label() == "swa"
-    assert make_method(EvaluationConfig(eval_method="multiswag", **base)).label() == "multiswa"
+    for method, label in (("swag", "swa"), ("multiswag", "multiswa")):
+        assert make_method(evaluation_config([f"evaluation.eval_method={method}", "evaluation.swag_sample_scale=0.0",
+                                              "evaluation.temperature_scaling=true"])).label() == label
 
 
 @pytest.mark.slow

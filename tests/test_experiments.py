@@ -66,5 +66,12 @@ def test_a_partial_protocol_runs_one_run_then_the_rest_skipping_what_finished(tm
         assert (rows["ivon", d]["d_nll"].mean, rows["ivon", d]["d_nll"].se) == pytest.approx(
             (np.mean([ivon[s] - maps[s, d] for s in (0, 1)]), np.std([ivon[s] - maps[s, d] for s in (0, 1)], ddof=1) / np.sqrt(2)))
         assert rows["ensemble", d]["d_nll"].mean == pytest.approx(rows["ensemble", d]["nll"][0] - (maps[0, d] + maps[1, d]) / 2)
-    table = (out / "report.md").read_text()
-    assert all(f"| {m} | {n} |" in table for m, n in [("map", 2), ("ivon", 2), ("ensemble", 1)]), table    # seeds apart
+    import csv
+    counts = {(r["method"], r["distribution"]): int(r["n"]) for r in csv.DictReader(open(out / "report.csv"))}
+    assert all(counts[m, d] == n for m, n in [("map", 2), ("ivon", 2), ("ensemble", 1)] for d in ("id", "ood"))
+    table = (out / "report.md").read_text()     # the tiny model is at chance: the gate shows MAP alone, and says why
+    for r in csv.DictReader(open(out / "report.csv")):
+        if r["method"] == "map":
+            assert (r["above_chance"] == "True") == ("NOT above chance" not in table.split(f"**{r['distribution'].upper()}: ")[1].split("\n")[0])
+    assert ("| ivon |" in table) == all(r["above_chance"] == "True" for r in csv.DictReader(open(out / "report.csv")) if r["method"] == "map")
+    assert "[gate]" in p.stdout

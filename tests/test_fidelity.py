@@ -61,7 +61,10 @@ def test_seed_command_cfg_job_shows_the_original_values():
 
 def test_each_original_key_composes_and_changes_what_it_names(tmp_path):
     from swag_lora.model import load_model
-    from swag_lora.train.loop import lr_schedule
+    from swag_lora.train.methods import training_method
+
+    def lr_schedule(run, n):
+        return training_method(run).schedule(n)
     base = ("model=tiny_llama", "method=swag", "method.swag_start=1", "experiment.num_epochs=3")
     lin = lr_schedule(run_config(*base), 10)
     cos = lr_schedule(run_config(*base, "experiment.scheduler=cosine"), 10)

@@ -190,7 +190,10 @@ def test_method_ivon_defaults_are_ivon_loras_recipe():
     m = run.method
     assert (m.ivon_learning_rate, m.ivon_ess, m.ivon_hess_init, m.ivon_clip_radius, m.ivon_rescale_lr, m.ivon_weight_decay,
             m.ivon_beta2, m.ivon_train_samples, m.ivon_warmup_length) == (0.03, 1e6, 1e-3, 1e-3, False, 0.0, 0.99999, 1, 0.0)
-    from swag_lora.train.loop import lr_schedule
+    from swag_lora.train.methods import training_method
+
+    def lr_schedule(run, n):
+        return training_method(run).schedule(n)
     sched = lr_schedule(run, 10)        # a linear decay from the first step (no warm-up), as ivon-lora's
     assert sched(0) == pytest.approx(0.03) and sched(run.experiment.num_epochs * 10) == pytest.approx(0.0)
 

@@ -18,7 +18,10 @@ import numpy as np
 from swag_lora.config import NO_LOGLIK_HEAD, ConfigError, EvaluationConfig, RunConfig, SwagConfig
 from swag_lora.io import atomic_write
 from swag_lora.posteriors.ivon import IvonPosterior
+from swag_lora import metrics as M
 from swag_lora.posteriors.laplace import LoraLaplace
+from swag_lora.posteriors.lora_gaussian import LoraAPosterior
+from swag_lora.posteriors.tfb import search_scale, tfb_posterior
 from swag_lora.posteriors.swag import SwagPosterior
 from swag_lora.predict.draws import draw_probs, gather_rows, prepare_batches
 
@@ -331,6 +334,106 @@ class Ivon(Method):
         return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights",
                           named={n: t for n, t in run.model.trainable_state().items() if n in post.shapes},
                           samples=samples, sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+
+
+@register
+class Blob(Method):
+    """BLoB: S weight samples of LoRA's A matrices from the variational posterior a BLoB run ended with (blob_model/),
+    written into the model; `evaluation.blob_mean`: its mean alone (BLoB-Mean), one draw."""
+    key = "blob"
+    order = 13
+    checkpoint = "blob_model"
+    sampled = True
+
+    def label(self) -> str:
+        return ("multiblob" if self.members == "several" else "blob") + ("-mean" if self.evaluation.blob_mean else "")
+
+    def settings(self) -> dict:
+        e = self.evaluation
+        return {"num_samples": 1 if e.blob_mean else e.num_samples, "blob_mean": e.blob_mean}
+
+    def draws(self, run, member, data):
+        import torch
+        e = self.evaluation
+        run.model.load_adapter(run.directory / "blob_model")
+        if e.blob_mean:
+            return draw_probs(run.model, data.features, data.collator, data.batch_size, "base",
+                              sort_by_length=e.sort_by_length, accelerator=data.accelerator)
+        post = LoraAPosterior.load(run.directory / "blob_model", "blob_posterior")
+        return self.sampled_draws(run, post, data, torch.Generator().manual_seed(e.seed + 1000 * member))
+
+    def sampled_draws(self, run, post: LoraAPosterior, data: Batches, generator, scale: float = 1.0) -> np.ndarray:
+        """S samples of the A matrices (at `scale`), each written into the model for one pass."""
+        named = {n: t for n, t in run.model.trainable_state().items() if n in post.means}
+        if set(named) != set(post.means):
+            raise ConfigError(f"{run.directory}: the posterior covers LoRA tensors this model does not have")
+        return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights", named=named,
+                          samples=post.sample(self.evaluation.num_samples, generator, scale=scale),
+                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+
+
+@register
+class MultiBlob(Blob):
+    """An ensemble of BLoB runs: S samples from each run's posterior."""
+    key = "multiblob"
+    order = 22
+    members = "several"
+
+
+@register
+class Tfb(Blob):
+    """TFB, post hoc on any run's MAP adapter (base_model/): the low-rank Gaussian of posteriors/tfb.py at the largest
+    scale whose validation NLL (or accuracy) stays within evaluation.tfb_tolerance of the MAP's; the scale is searched
+    once per run and kept in tfb_model/."""
+    key = "tfb"
+    order = 14
+    checkpoint = "base_model"
+
+    def label(self) -> str:
+        return "tfb"
+
+    def settings(self) -> dict:
+        e = self.evaluation
+        return {"num_samples": e.num_samples, "tfb_metric": e.tfb_metric, "tfb_tolerance": e.tfb_tolerance}
+
+    def posterior(self, run, data: Batches) -> tuple[LoraAPosterior, float]:
+        """(the unit-scale posterior, the scale): read from tfb_model/ when it was searched for this adapter and these
+        settings, else searched on the run's validation rows and saved."""
+        import torch
+        e = self.evaluation
+        run.model.load_adapter(run.directory / "base_model")
+        folder, name = run.directory / "tfb_model", f"{e.tfb_metric}_tol{e.tfb_tolerance:g}"
+        stamp = {"adapter": hashlib.sha1((run.directory / "base_model" / "adapter_model.safetensors").read_bytes()).hexdigest(),
+                 "metric": e.tfb_metric, "tolerance": e.tfb_tolerance, "upper": e.tfb_upper, "steps": e.tfb_search_steps,
+                 "samples": e.num_samples, "seed": e.seed}
+        if (folder / f"{name}.json").is_file():
+            post = LoraAPosterior.load(folder, name)
+            if post.meta.get("stamp") == stamp:
+                return post, float(post.meta["sigma"])
+        post = tfb_posterior(run.model, run.model.trainable_state())
+        val = data.validation(run)
+        labels = np.array([f["label"] for f in val.features])
+
+        def metric(scale: float) -> float:
+            probs = self.sampled_draws(run, post, val, torch.Generator().manual_seed(e.seed), scale).mean(0)
+            return M.nll(probs, labels) if e.tfb_metric == "nll" else M.accuracy(probs, labels)
+        base = metric(0.0)
+        if e.tfb_metric == "nll":
+            feasible = lambda v: v <= base * (1 + e.tfb_tolerance)  # noqa: E731
+        else:
+            feasible = lambda v: v >= base - e.tfb_tolerance  # noqa: E731
+        sigma, trace = search_scale(metric, feasible, e.tfb_upper, e.tfb_search_steps)
+        post.meta.update(sigma=sigma, map_metric=base, trace=trace, validation_rows=len(labels), stamp=stamp)
+        if data.accelerator is None or data.accelerator.is_main_process:
+            post.save(folder, name)
+        return post, sigma
+
+    def draws(self, run, member, data):
+        import torch
+        post, sigma = self.posterior(run, data)
+        self.note(tfb_sigma=sigma)
+        run.model.load_adapter(run.directory / "base_model")
+        return self.sampled_draws(run, post, data, torch.Generator().manual_seed(self.evaluation.seed + 1000 * member), sigma)
 
 
 def check_members(runs: list[RunConfig], method: str) -> None:

@@ -2,7 +2,6 @@
 validation, checkpoint); the pieces it builds are below it, and in records.py, checkpoint.py and collector.py."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -11,44 +10,41 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 from tqdm.auto import tqdm
 
 from swag_lora import metrics
 from swag_lora.config import ConfigError, RunConfig, go_offline, run_dir
 from swag_lora.data import DataSource, get_task
 from swag_lora.data.encode import Encoding, labels_of
-from swag_lora.distributed import full_tensors, gathered_params, refuse_untested_backends
-from swag_lora.io import atomic_dir
-from swag_lora.model import build_model, load_tokenizer, model_arch, model_source, swag_tensors
-from swag_lora.posteriors.ivon import IvonPosterior, hessian_movement, make_ivon
-from swag_lora.posteriors.swag import SwagPosterior
+from swag_lora.distributed import refuse_untested_backends
+from swag_lora.model import build_model, load_tokenizer, model_arch, model_source
 from swag_lora.predict import draw_probs
 from swag_lora.train.checkpoint import Checkpointer
-from swag_lora.train.collector import BestAdapter, SwagCollector
+from swag_lora.train.collector import BestAdapter
+from swag_lora.train.methods import save_adapter, training_method
 from swag_lora.train.records import EpochLog, open_run_dir, write_run_info
-from swag_lora.train.schedule import LRSchedule
 from swag_lora.train.signals import REQUEUE_EXIT_CODE, Stop
 
 
 def train(run: RunConfig) -> Path:
-    """Train one run (SWAG or MAP); return its run directory."""
-    exp, swag = run.experiment, run.swag
+    """Train one run (MAP, SWAG, IVON or BLoB: `method` holds what each adds); return its run directory."""
+    exp, method = run.experiment, training_method(run)
     accelerator = make_accelerator(run)
     data = TrainingData(run, accelerator)               # tokenizer, features and loader; the model comes later
     batches_per_epoch = len(data.loader)
-    steps_per_epoch, epochs = math.ceil(batches_per_epoch / exp.gradient_accumulation_steps), last_epoch(run)
-    check_collection(run, steps_per_epoch, epochs)      # a data-dependent setting, refused before the model loads
+    steps_per_epoch, epochs = math.ceil(batches_per_epoch / exp.gradient_accumulation_steps), method.last_epoch()
+    method.check(accelerator, steps_per_epoch)          # data- and process-dependent settings, before the model loads
     directory = run_dir(run)
     with open_dict(run.raw):
         run.raw.experiment.save_path = str(directory)     # config.yaml records where the run lives
     resuming = open_run_dir(run, directory, accelerator)
     accelerator.print(f"[swag-lora] run directory: {directory}")
-    model, optimizer, loader = accelerator.prepare(*data.model_and_optimizer(accelerator), data.loader)
+    model, optimizer, loader = accelerator.prepare(*data.model_and_optimizer(accelerator, method), data.loader)
     inner = accelerator.unwrap_model(model)
-    schedule = lr_schedule(run, batches_per_epoch)
-    best = BestAdapter(directory / "base_model", keep=swag is None or swag.swag_save_base_model)
-    collector = make_collector(run, model, inner, accelerator, steps_per_epoch)
+    schedule = method.schedule(batches_per_epoch)
+    best = BestAdapter(directory / "base_model", keep=method.keeps_base_model())
+    collector = method.collector(model, inner, accelerator, steps_per_epoch)
     checkpoints = Checkpointer(directory / "checkpoint", accelerator, inner, optimizer)
     log = EpochLog(run, directory, accelerator)
     progress = Progress()
@@ -60,17 +56,16 @@ def train(run: RunConfig) -> Path:
             t0 = time.time()
             if collector and progress.batches_done == 0:
                 collector.on_epoch_start(epoch, reload=lambda: best.load_into(inner, accelerator))
-            row = train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log,
+            row = train_epoch(run, method, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log,
                               save=lambda: checkpoints.save(progress, best, collector))
             if collector:
                 t = time.time()
                 collector.on_epoch_end(epoch)
                 row["collect_seconds"] = round(row["collect_seconds"] + time.time() - t, 4)
             row.update(validate(run, model, data, collector, accelerator))
-            if best.update(row["val_loss"], epoch, lambda folder: save_adapter(inner, folder, accelerator)) and run.ivon:
-                save_ivon_model(inner, optimizer, directory / "ivon_model", accelerator)
-            if collector and collector.should_save(epoch, row.get("swa_val_loss")):
-                save_swag_model(inner, collector.posterior, directory / "swag_model", run, accelerator)
+            if best.update(row["val_loss"], epoch, lambda folder: save_adapter(inner, folder, accelerator)):
+                method.on_new_best(inner, optimizer, directory, accelerator)
+            method.on_epoch_end(inner, collector, epoch, row, directory, accelerator)
             row["epoch_seconds"] = round(time.time() - t0, 2)
             log.write(row, step=progress.global_step)
             accelerator.print("[swag-lora] " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -81,6 +76,7 @@ def train(run: RunConfig) -> Path:
                 accelerator.print(f"[swag-lora] pre-emption signal: checkpoint written after epoch {epoch + 1}; exiting")
                 raise SystemExit(REQUEUE_EXIT_CODE)
 
+    method.on_finish(inner, optimizer, directory, accelerator)
     if accelerator.is_main_process:
         post = collector.posterior if collector else None
         write_run_info(directory, {
@@ -90,15 +86,14 @@ def train(run: RunConfig) -> Path:
             "swag_saved_epoch": collector.saved_epoch if collector else None,
             "num_snapshots": post.num_snapshots if post else 0, "num_processes": accelerator.num_processes,
             "train_rows": len(data.features["train"]), "validation_rows": len(data.features["validation"]),
-            **(hessian_movement(optimizer, run.ivon.ivon_hess_init) if run.ivon else {}),
-            "data": data.source})
+            **method.run_info(optimizer), "data": data.source})
     accelerator.wait_for_everyone()
     log.finish()
     accelerator.print(f"[swag-lora] finished: {directory}")
     return directory
 
 
-def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log, save) -> dict:
+def train_epoch(run, method, epoch, model, optimizer, loader, schedule, collector, progress, accelerator, log, save) -> dict:
     """One epoch of steps: the learning rate of each loader batch, forward, backward, an optimizer step at the end of
     each accumulation window; per-step collection, step checkpoints (`save()`) and pre-emption between steps.
     Advances `progress` (global step; inside the epoch, the batches done and the running loss)."""
@@ -111,17 +106,17 @@ def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progr
     loss_sum = torch.full((), progress.loss_sum, device=accelerator.device)
     loss_count, lr = progress.loss_count, schedule(epoch * len(loader) + skip)
     model.train()
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{last_epoch(run)}", leave=False, mininterval=1.0, initial=skip,
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{method.last_epoch()}", leave=False, mininterval=1.0, initial=skip,
                total=len(loader), disable=not accelerator.is_local_main_process)
     for i, batch in enumerate(bar, start=skip):
         lr = schedule(epoch * len(loader) + i)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with accelerator.accumulate(model):
-            loss = forward_backward(run, model, batch, optimizer, accelerator)
+            loss = method.forward_backward(model, batch, optimizer, accelerator)
             if accelerator.sync_gradients and exp.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), exp.max_grad_norm)
-            optimizer.step()
+            method.step(optimizer, lr, progress.global_step + 1)
             optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         loss_count += 1
@@ -146,23 +141,6 @@ def train_epoch(run, epoch, model, optimizer, loader, schedule, collector, progr
     return {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
             "train_loss": float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean")),   # mean over processes
             "train_seconds": round(time.time() - t0, 3), "collect_seconds": round(collect_seconds, 4)}
-
-
-def forward_backward(run: RunConfig, model, batch: dict, optimizer, accelerator) -> torch.Tensor:
-    """The loss of one batch and its gradients; IVON's: each of its weight samples' (it reads them at once)."""
-    labels = batch.pop("labels")
-    if not run.ivon:
-        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-        accelerator.backward(loss)
-        return loss
-    ivon, losses = optimizer.optimizer, []
-    for _ in range(run.ivon.ivon_train_samples):
-        with ivon.sampled_params(train=True):
-            ivon.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-            accelerator.backward(loss)
-        losses.append(loss.detach())
-    return torch.stack(losses).mean()
 
 
 # ---------------------------------------------------------------- what the loop builds
@@ -204,9 +182,6 @@ def make_accelerator(run: RunConfig) -> Accelerator:
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               mixed_precision=exp.mixed_precision or None)
     refuse_untested_backends(accelerator)
-    if run.ivon and accelerator.num_processes > 1:
-        raise ConfigError(f"method=ivon with {accelerator.num_processes} processes: each would draw its own weight sample "
-                          f"and IVON's Hessian estimate needs its own sample's gradient (never run here); allowed: 1 process")
     loader_batch = exp.batch_size // exp.gradient_accumulation_steps
     if loader_batch % accelerator.num_processes:
         raise ConfigError(f"experiment.batch_size={exp.batch_size} is the batch per optimizer step: it must be a multiple "
@@ -251,72 +226,21 @@ class TrainingData:
         self.loader = self.encoding.loader(self.features["train"], self.task, exp.batch_size // exp.gradient_accumulation_steps,
                                            sampler=EpochSampler(len(self.features["train"]), exp.seed))
 
-    def model_and_optimizer(self, accelerator):
-        """The base model + LoRA + head, seeded as every process's; AdamW over its trained tensors."""
+    def model_and_optimizer(self, accelerator, method):
+        """The base model + LoRA + head (+ what the method adds), seeded as every process's; the method's optimizer."""
         exp, run = self.exp, self.run
         set_seed(exp.seed)
         self.model = build_model(run.model, exp, self.task, self.tokenizer, self.source_path)
+        method.setup(self.model)
         if accelerator.num_processes > 1:   # the same initial weights everywhere, then a dropout stream per process
             set_seed(exp.seed, device_specific=True)
-        trainable = self.model.trainable_state()
-        if run.ivon:
-            ivon = run.ivon
-            optimizer = make_ivon(list(trainable.values()), lr=ivon.learning_rate(exp),
-                                  ess=ivon.ivon_ess or len(self.features["train"]),
-                                  hess_init=ivon.ivon_hess_init, beta1=ivon.ivon_beta1, beta2=ivon.ivon_beta2,
-                                  weight_decay=ivon.ivon_weight_decay, clip_radius=ivon.ivon_clip_radius,
-                                  rescale_lr=ivon.ivon_rescale_lr)
-        else:
-            optimizer = torch.optim.AdamW(list(trainable.values()), lr=exp.learning_rate, weight_decay=exp.weight_decay)
+        optimizer = method.optimizer(self.model, len(self.features["train"]))
         accelerator.print(
             f"[swag-lora] {exp.task}{'/' + exp.subtask if exp.subtask else ''}: {len(self.features['train'])} train / "
             f"{len(self.features['validation'])} validation rows; {run.model.name} ({self.arch}), "
-            f"{sum(p.numel() for p in trainable.values()):,} trainable parameters; {accelerator.num_processes} process(es)")
+            f"{sum(p.numel() for p in self.model.trainable_state().values()):,} trainable parameters; "
+            f"{accelerator.num_processes} process(es)")
         return self.model, optimizer
-
-
-def lr_schedule(run: RunConfig, batches_per_epoch: int) -> LRSchedule:
-    """The original's schedule over loader batches: warm-up schedule, then SWALR from swag_start."""
-    exp, swag = run.experiment, run.swag
-    total = batches_per_epoch * exp.num_epochs
-    base_lr = run.ivon.learning_rate(exp) if run.ivon else exp.learning_rate
-    warmup = run.ivon.ivon_warmup_length if run.ivon else exp.warmup_length
-    return LRSchedule(
-        base_lr=base_lr, total_steps=total, warmup_steps=warmup * total, scheduler=exp.scheduler,
-        num_cycles=exp.num_lr_cycles, cycle_steps=batches_per_epoch,
-        swag_start_step=swag.swag_start * batches_per_epoch if swag else None,
-        swag_lr=swag.swag_learning_rate if swag else None,
-        anneal_steps=swag.swag_anneal_epochs * batches_per_epoch if swag else 0,
-        anneal_strategy=swag.swag_anneal_strategy if swag else "linear")
-
-
-def last_epoch(run: RunConfig) -> int:
-    swag = run.swag
-    if swag and swag.stop_at_force_save and swag.force_save >= 0:
-        return min(run.experiment.num_epochs, swag.swag_start + swag.force_save + 1)
-    return run.experiment.num_epochs
-
-
-def check_collection(run: RunConfig, steps_per_epoch: int, epochs: int) -> None:
-    swag = run.swag
-    if swag:
-        swag_steps = (epochs - swag.swag_start) * steps_per_epoch
-        if swag.swag_c_steps > swag_steps:
-            raise ConfigError(f"method.swag_c_steps={swag.swag_c_steps} exceeds the {swag_steps} optimizer steps after "
-                              f"method.swag_start, so nothing would be collected; allowed: <= {swag_steps}, or 0 (per epoch)")
-
-
-def make_collector(run: RunConfig, model, inner, accelerator, steps_per_epoch: int) -> SwagCollector | None:
-    """The method's posterior collector: SWAG has one, MAP none."""
-    swag = run.swag
-    if swag is None:
-        return None
-    named = swag_tensors(inner, swag.modules_to_swag)
-    return SwagCollector(lambda: gathered_params(accelerator, model, named), swag_start=swag.swag_start,
-                         max_rank=swag.swag_max_num_models, c_epochs=swag.swag_c_epochs, c_steps=swag.swag_c_steps,
-                         steps_per_epoch=steps_per_epoch, force_save=swag.force_save,
-                         reload_best=swag.swag_start_with_lowest_loss, keep_deviations=swag.swag_cov_mat,
-                         device="cpu" if swag.swag_device == "cpu" else accelerator.device, named=named)
 
 
 def validate(run: RunConfig, model, data: TrainingData, collector, accelerator) -> dict:
@@ -337,31 +261,3 @@ def validate(run: RunConfig, model, data: TrainingData, collector, accelerator) 
     if collector and collector.posterior is not None:
         row["num_snapshots"] = collector.posterior.num_snapshots
     return row
-
-
-def save_adapter(inner, folder: Path, accelerator) -> None:
-    """The current adapter (every process gathers its shards; the main process writes)."""
-    state = full_tensors(inner.trainable_state())
-    if accelerator.is_main_process:
-        with atomic_dir(folder) as tmp:
-            inner.save_adapter(tmp, state)
-
-
-def save_ivon_model(inner, optimizer, folder: Path, accelerator) -> None:
-    """IVON's posterior (mean = the current weights, the Hessian estimate) beside an adapter at its mean."""
-    posterior = IvonPosterior.from_optimizer(optimizer, inner.trainable_state())
-    state = full_tensors(inner.trainable_state())     # a collective under FSDP: every process, before rank 0 writes
-    if accelerator.is_main_process:
-        with atomic_dir(folder) as tmp:
-            inner.save_adapter(tmp, state)
-            posterior.save(tmp)
-
-
-def save_swag_model(inner, posterior: SwagPosterior, folder: Path, run: RunConfig, accelerator) -> None:
-    """Adapter at the SWA mean + the posterior (only the SWAG'd tensors, never the base model)."""
-    state = {**full_tensors(inner.trainable_state()), **posterior.mean()}
-    if accelerator.is_main_process:
-        with atomic_dir(folder) as tmp:
-            inner.save_adapter(tmp, state)
-            posterior.save(tmp)
-            (tmp / "swag_config.json").write_text(json.dumps(OmegaConf.to_container(run.raw.method, resolve=True), indent=1))
