@@ -3,13 +3,12 @@ the KL weight schedule (its closed form), the saved posterior's samples, TFB's s
 validation NLL is computed exactly, and both end to end through the evaluation scripts."""
 import json
 import math
-import os
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose, run_config, subprocess_env
+from conftest import REPO, TINY, run_config, subprocess_env
 
 from swag_lora.posteriors.blob import BlobVariational, flipout_noise, gaussian_kl, kl_weight
 from swag_lora.posteriors.lora_gaussian import LoraAPosterior
@@ -53,7 +52,7 @@ def test_flipout_noise_has_the_mean_and_variance_of_direct_weight_samples():
     x = torch.randn(1, 6, generator=g).double()
     sigma = (torch.rand(3, 6, generator=g) * 0.5 + 0.1).double()
     B = torch.randn(4, 3, generator=g).double()
-    n = 40000         # 400 calls (one E each, as in a forward pass) of 100 rows (signs per row)
+    # 400 calls (one E each, as in a forward pass) of 100 rows (signs per row)
     flip = torch.cat([flipout_noise(x.expand(100, 6).contiguous(), sigma, B, generator=g) for _ in range(400)])
     direct = torch.stack([B @ ((sigma * torch.randn(3, 6, generator=g, dtype=torch.float64)) @ x[0]) for _ in range(4000)])
     exact = (B ** 2) @ ((sigma ** 2) @ (x[0] ** 2))
