@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.from_raw:
             from swag_lora.data.raw import raw_datasetdict
-            dd = raw_datasetdict(task_name, Path(args.from_raw) / task_name, subtask or None)
+            from swag_lora.errors import DataError
+            try:
+                dd = raw_datasetdict(task_name, Path(args.from_raw) / task_name, subtask or None)
+            except DataError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         else:
             from datasets import load_dataset
             dd = load_dataset(task.hub_id, subtask if task_name == "mmlu" else task.config_for(subtask))

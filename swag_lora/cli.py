@@ -11,12 +11,43 @@ import sys
 
 from omegaconf import DictConfig
 
-from swag_lora.config import ALIASES, CONF, ConfigError, parse_eval, parse_run, validate_train
+from swag_lora.config import ALIASES, CONF, parse_eval, parse_run, validate_train
+from swag_lora.errors import UserError
 
 
 def fail(e: Exception) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
+
+
+def declared_keys(config_name: str) -> dict[str, set[str]]:
+    """The keys each group declares: training (config) or evaluation (eval)."""
+    import dataclasses
+
+    from swag_lora.config import METHOD_CONFIGS, DataOverrides, EvaluationConfig, ExperimentConfig, ModelConfig
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    if config_name == "eval":
+        return {"evaluation": names(EvaluationConfig), "experiment": names(DataOverrides)}
+    return {"experiment": names(ExperimentConfig), "model": names(ModelConfig), "evaluation": names(EvaluationConfig),
+            "method": set().union(*(names(c) for c in METHOD_CONFIGS.values()))}
+
+
+def check_keys(argv: list[str], config_name: str) -> None:
+    """A typo in a key (`method.swag_strat=3`) gets one line with the closest declared keys, not Hydra's advice to
+    add a `+`.  `+key=value` (an explicit addition) is left to Hydra."""
+    import difflib
+    declared = declared_keys(config_name)
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if not sep or key.startswith(("+", "~", "hydra")) or "." not in key:
+            continue
+        group, name = key.split(".", 2)[:2]
+        if group in declared and name not in declared[group]:
+            close = difflib.get_close_matches(name, sorted(declared[group]), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(f'{group}.{c}' for c in close)}?" if close else \
+                f"allowed: {', '.join(sorted(declared[group]))}"
+            print(f"error: unknown key {group}.{name}; {hint} (docs/configuration.md lists every key)", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def check_group_overrides(argv: list[str]) -> None:
@@ -40,19 +71,18 @@ def check_group_overrides(argv: list[str]) -> None:
 
 def main_train(cfg: DictConfig) -> int:
     """Check, train, then (optionally) print the evaluation table."""
-    from swag_lora.train.checkpoint import CheckpointError
     from swag_lora.train.signals import Stop
     try:
         run = parse_run(cfg)
         validate_train(run)
-    except ConfigError as e:
+    except UserError as e:
         return fail(e)
     from swag_lora.train.loop import train
     Stop.install()     # from here on SIGTERM/SIGUSR1 end the run cleanly (deferred to a checkpoint while training)
     quiet_libraries()
     try:
         directory = train(run)
-    except (ConfigError, CheckpointError) as e:
+    except UserError as e:
         return fail(e)
     if run.experiment.evaluate_after_training and int(os.environ.get("RANK", "0")) == 0:
         import torch   # one process evaluates (after a multi-GPU run the others are done); free the training model
@@ -72,7 +102,7 @@ def main_evaluate(cfg: DictConfig) -> int:
         plan = resolve_plan(parse_eval(cfg))
         quiet_libraries()
         results = evaluate(plan)
-    except ConfigError as e:
+    except UserError as e:
         return fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
         from swag_lora.report import print_summary
@@ -96,6 +126,7 @@ def hydra_entry(config_name: str, main) -> None:
     """`@hydra.main` with our one-line check of group overrides first."""
     import hydra
     check_group_overrides(sys.argv[1:])
+    check_keys(sys.argv[1:], config_name)
 
     @hydra.main(config_path=str(CONF), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -24,10 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from swag_lora.data.tasks import TASK_NAMES, check_subtask, get_task
-
-
-class ConfigError(ValueError):
-    """A bad configuration value: the message is one line for the user."""
+from swag_lora.errors import ConfigError
+from swag_lora.sources import check_offline
 
 
 def opt(help: str, *, choices: tuple | None = None, check: str | None = None, alias: str | None = None,
@@ -70,6 +69,8 @@ class ModelConfig:
     package: str | None = opt("load the weights shipped by this installed package (the demo's MiniLM)", optional=True)
     tiny: dict | None = opt("build a tiny model from a config instead of loading weights (tests)", optional=True)
     attn_implementation: str | None = opt("transformers attn_implementation (e.g. sdpa)", optional=True)
+    model_type: str | None = opt("the family the weights must be (config.json model_type, checked before training or "
+                                 "evaluating from a folder); null: not checked", optional=True)
 
 
 @dataclass
@@ -236,6 +237,8 @@ class EvaluationConfig:
     split: str = opt("the in-distribution split", choices=("test", "validation"))
     sort_by_length: bool = opt("length-sorted batches (less padding)")
     output_dir: str = opt("where the JSON/npz/PNG go (default: <run dir>/eval)")
+    overwrite: bool = opt("replace an existing record of another evaluation (other settings, rows, data, seed or runs) "
+                          "under the same name; false: refused before any model loads")
     laplace_subset: str = opt("Laplace-LoRA over LoRA + head (all) or the head alone (last-layer Laplace)",
                               choices=("all", "head"))
     laplace_hessian: str = opt("Kronecker-factored (KFAC) or diagonal GGN", choices=("kron", "diag"))
@@ -503,6 +506,24 @@ def resolve_auto(exp: ExperimentConfig) -> None:
 
 
 # ---------------------------------------------------------------- checks across fields
+NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+def check_outputs(exp) -> None:
+    """experiment.exp_name is a name, not a path (overwrite=true deletes the run directory); save_folder can be
+    written."""
+    if exp.exp_name and (not NAME_OK.fullmatch(exp.exp_name) or exp.exp_name in (".", "..")):
+        _fail(f"experiment.exp_name={exp.exp_name!r} must be a name (letters, digits, . _ + = -), not a path; the run "
+              f"directory is <save_folder>/<task>/<model>/<method>/<exp_name>_seed<N>_<fingerprint>")
+    folder = Path(exp.save_folder)
+    if folder.exists() and not folder.is_dir():
+        _fail(f"experiment.save_folder={exp.save_folder!r} is a file; allowed: a folder")
+    probe = folder if folder.exists() else next((p for p in folder.resolve().parents if p.exists()), Path("/"))
+    if not os.access(probe, os.W_OK):
+        _fail(f"experiment.save_folder={exp.save_folder!r} cannot be written ({probe} is read-only); allowed: a "
+              f"writable folder")
+
+
 def go_offline() -> None:
     """experiment.offline=true: nothing may touch the network (the libraries read these at call time)."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -537,25 +558,6 @@ def check_model(m: ModelConfig) -> None:
                   f"model {m.name!r} is built from a config (save it with save_pretrained and set model.model_name)")
     if m.package and importlib.util.find_spec(m.package) is None:
         _fail(f"model {m.name!r} loads from the package {m.package!r}, which is not installed: pip install -r requirements.txt")
-
-
-def check_offline(run: RunConfig, tasks: list[tuple[str, str]]) -> None:
-    exp = run.experiment
-    if not exp.offline:
-        return
-    from swag_lora.data.loading import offline_dirs
-    from swag_lora.model import model_source
-    if not run.model.tiny and not run.model.package:
-        src = Path(model_source(run.model, True, exp.model_path))
-        if not src.is_dir():
-            _fail(f"experiment.offline=true but the model folder {src} does not exist "
-                  f"(experiment.model_path={exp.model_path!r}; write it with download_models4cluster.py)")
-    for task_name, subtask in tasks:
-        if task_name:
-            for d in offline_dirs(get_task(task_name), subtask or "", exp.data_path):
-                if not d.is_dir():
-                    _fail(f"experiment.offline=true but the data folder {d} does not exist "
-                          f"(experiment.data_path={exp.data_path!r}; write it with download_datasets4cluster.py)")
 
 
 NO_LOGLIK_HEAD = ("choice log-likelihoods go through the LM's own output layer (frozen, tied to the embeddings), so "
@@ -616,6 +618,7 @@ def validate_train(run: RunConfig) -> None:
         if exp.mixed_precision == "fp16":
             _fail("method=ivon with experiment.mixed_precision=fp16 (a loss scaler) is untested; allowed: no, bf16")
     check_offline(run, [(exp.task, exp.subtask), (exp.ood_task, exp.ood_subtask)])
+    check_outputs(exp)
 
 
 # ---------------------------------------------------------------- run directories

@@ -28,6 +28,8 @@ from swag_lora.config import MODULES_TO_SWAG
 from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
 from swag_lora.data.encode import CAUSAL_HEAD_SIZE, LETTERS
 from swag_lora.distributed import reshard, write_
+from swag_lora.errors import ConfigError, CorruptFile
+from swag_lora.sources import model_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_FILE = "letter_head.safetensors"
@@ -35,16 +37,6 @@ META_FILE = "choice_model.json"
 
 
 # ---------------------------------------------------------------- where the weights come from
-def model_source(model_cfg, offline: bool, model_path: str | None) -> str:
-    """`<model_path>/<model_name>` offline; the installed package for `package:` models; else the hub id."""
-    if model_cfg.package:
-        import importlib
-        return str(importlib.import_module(model_cfg.package).get_model_path())
-    if offline:
-        return str(Path(model_path or ".") / model_cfg.model_name)
-    return model_cfg.model_name
-
-
 def tiny_tokenizer(family: str):
     """A word-level tokenizer trained in-process (deterministic, ~0.02 s) for the tiny test models."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -67,7 +59,12 @@ def load_tokenizer(model_cfg, source: str):
     if model_cfg.tiny:
         tok = tiny_tokenizer(model_cfg.family)
     else:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        try:
+            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"no tokenizer can be loaded from {source} ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:160]}); allowed: a save_pretrained folder with its "
+                              f"tokenizer (download_models4cluster.py), or a hub id") from None
     if model_cfg.family == "causal":
         tok.padding_side = "left"      # the answer is read at position -1: it must be a real token
         tok.truncation_side = "left"   # keep the end of the prompt ("Answer:")
@@ -118,6 +115,14 @@ def load_base_model(model_cfg, source: str, arch: str, num_labels: int, vocab_si
             bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    folder = Path(source)
+    if folder.is_dir():         # safetensors, never torch.load, unless a folder has only pytorch_model.bin
+        kwargs["use_safetensors"] = any(folder.glob("*.safetensors"))
+        if not kwargs["use_safetensors"]:
+            print(f"[swag-lora] {folder} has no .safetensors weights: loading its pytorch_model.bin with torch.load "
+                  f"(convert it once with save_pretrained to avoid this)")
+    else:
+        kwargs["use_safetensors"] = None    # the hub: safetensors where the repository has them
     model = cls.from_pretrained(source, **kwargs)
     if quant in ("4bit", "8bit"):
         from peft import prepare_model_for_kbit_training
@@ -268,20 +273,32 @@ class ChoiceModel(nn.Module):
     def load_adapter(self, folder: str | os.PathLike) -> None:
         """Load an adapter saved by `save_adapter` into the trainable tensors, in place (sharded ones too)."""
         folder = Path(folder)
-        meta = json.loads((folder / META_FILE).read_text())
-        if meta["kind"] != self.arch or (self.arch in ("causal", "seq_cls") and meta["num_choices"] != self.num_choices):
-            raise ValueError(f"adapter in {folder} is a {meta['kind']} model with {meta['num_choices']} choices; "
-                             f"this model is {self.arch} with {self.num_choices}")
-        saved = load_file(str(folder / "adapter_model.safetensors"))
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+            kind, width = meta["kind"], meta["num_choices"]
+            saved = load_file(str(folder / "adapter_model.safetensors"))
+            head = load_file(str(folder / HEAD_FILE))["weight"] if self.head is not None else None
+        except Exception as e:  # noqa: BLE001 -- safetensors, JSON or shape errors: the file is unusable
+            raise CorruptFile(f"adapter {folder} is unusable ({type(e).__name__}: {str(e)[:160]})") from None
+        if kind != self.arch or (self.arch in ("causal", "seq_cls") and width != self.num_choices):
+            raise CorruptFile(f"adapter in {folder} is a {kind} model with {width} choices; "
+                              f"this model is {self.arch} with {self.num_choices}")
         keys = self.adapter_keys()
         unexpected, missing = sorted(set(saved) - set(keys)), sorted(set(keys) - set(saved))
         if unexpected or missing:
-            raise ValueError(f"adapter in {folder} does not fit this model: "
-                             + (f"the file has weights this model has not, {unexpected[:3]}" if unexpected
-                                else f"the file has no weights for {missing[:3]}"))
+            raise CorruptFile(f"adapter in {folder} does not fit this model: "
+                              + (f"the file has weights this model has not, {unexpected[:3]}" if unexpected
+                                 else f"the file has no weights for {missing[:3]}"))
         values = {keys[k]: v for k, v in saved.items()}
-        if self.head is not None:
-            values["head.weight"] = load_file(str(folder / HEAD_FILE))["weight"]
+        if head is not None:
+            values["head.weight"] = head
+        state = self.trainable_state()
+        for name, value in values.items():
+            if tuple(value.shape) != tuple(state[name].shape):
+                raise CorruptFile(f"adapter in {folder}: {name} has shape {tuple(value.shape)}, the model's is "
+                                  f"{tuple(state[name].shape)}")
+            if not torch.isfinite(value).all():
+                raise CorruptFile(f"adapter in {folder} holds non-finite values in {name}; it cannot be evaluated")
         reshard(self)
         write_(self.trainable_state(), values)
 
@@ -317,6 +334,11 @@ def model_arch(model_cfg, exp_cfg, task) -> str:
     return encoder_arch(task)
 
 
+def linear_names(model: nn.Module) -> set[str]:
+    """The last name part of every linear layer (what LoRA's target_modules match)."""
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n}
+
+
 def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel:
     """Base model + LoRA (peft) + head for `task`."""
     from peft import LoraConfig, TaskType, get_peft_model
@@ -332,7 +354,13 @@ def build_model(model_cfg, exp_cfg, task, tokenizer, source: str) -> ChoiceModel
         lora = LoraConfig(task_type=TaskType.SEQ_CLS, modules_to_save=list(model_cfg.head_modules), **common)
     else:
         lora = LoraConfig(modules_to_save=list(model_cfg.head_modules), **common)
-    peft_model = get_peft_model(base, lora)
+    try:
+        peft_model = get_peft_model(base, lora)
+    except ValueError as e:              # peft: no module of the base model matches the target names
+        kind = getattr(base.config, "model_type", type(base).__name__)
+        raise ConfigError(f"model.target_modules={target} matches no module of {source} (a {kind} model): "
+                          f"{str(e).splitlines()[0][:160]}; allowed: its own linear layers' names, e.g. "
+                          f"{sorted(linear_names(base))[:6]}") from None
     if arch == "causal":
         return ChoiceModel(peft_model, arch, CAUSAL_HEAD_SIZE, letter_token_ids(tokenizer, CAUSAL_HEAD_SIZE))
     return ChoiceModel(peft_model, arch, task.num_choices, normalize=getattr(exp_cfg, "choice_scoring", "") == "loglik_norm")

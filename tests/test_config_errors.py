@@ -59,6 +59,10 @@ def test_offline_needs_model_and_data_folders(tmp_path):
         check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
               f"experiment.model_path={tmp_path}")
     (tmp_path / "meta-llama" / "Llama-2-7b-hf").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"Llama-2-7b-hf has no config.json"):
+        check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
+              f"experiment.model_path={tmp_path}")
+    (tmp_path / "meta-llama" / "Llama-2-7b-hf" / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(ConfigError, match=r"data folder .*obqa does not exist"):
         check("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
               f"experiment.model_path={tmp_path}", f"experiment.data_path={tmp_path}")

@@ -89,20 +89,20 @@ def encode(examples: list[dict], tokenizer, arch: str, task, max_length: int, pr
     for ex in examples:
         n = len(ex["choices"])
         if arch == "loglik":
-            context, conts = loglik_choices(tokenizer, loglik_prompt(task, ex), list(ex["choices"]), max_length)
+            prompt = loglik_prompt(task, ex)
+            context, conts = loglik_choices(tokenizer, prompt, list(ex["choices"]), max_length)
             f = {"input_ids": context, "cont_ids": conts}
-        elif arch == "causal":
-            enc = tokenizer(causal_prompt(task, ex, prompt_style), truncation=True, max_length=max_length)
-            f = {"input_ids": enc["input_ids"]}
-        elif arch == "seq_cls":
-            enc = tokenizer(ex["text"], ex.get("text_pair"), truncation=True, max_length=max_length)
-            f = {"input_ids": enc["input_ids"]}
-            if "token_type_ids" in enc:
-                f["token_type_ids"] = enc["token_type_ids"]
+            f["truncated"] = len(context) < len(tokenizer(prompt)["input_ids"])
         else:
-            enc = tokenizer([ex["text"]] * n, list(ex["choices"]), truncation=True, max_length=max_length)
-            f = {"input_ids": enc["input_ids"]}
-            if "token_type_ids" in enc:
+            args = ((causal_prompt(task, ex, prompt_style),) if arch == "causal" else
+                    (ex["text"], ex.get("text_pair")) if arch == "seq_cls" else ([ex["text"]] * n, list(ex["choices"])))
+            enc = tokenizer(*args)                     # truncated only where it is too long (and then noted)
+            longest = max(map(len, enc["input_ids"])) if arch == "multiple_choice" else len(enc["input_ids"])
+            truncated = longest > max_length
+            if truncated:
+                enc = tokenizer(*args, truncation=True, max_length=max_length)
+            f = {"input_ids": enc["input_ids"], "truncated": truncated}
+            if arch != "causal" and "token_type_ids" in enc:
                 f["token_type_ids"] = enc["token_type_ids"]
         ids = f["input_ids"]
         f.update(num_choices=n if arch != "seq_cls" else task.num_choices, label=int(ex["label"]),

@@ -10,6 +10,7 @@ import numpy as np
 
 from swag_lora.data.demo import demo_datasetdict
 from swag_lora.data.tasks import Splits, Task, get_task, mmlu_subjects
+from swag_lora.errors import DataError
 
 
 def offline_dirs(task: Task, subtask: str, data_path: str | os.PathLike) -> list[Path]:
@@ -31,8 +32,21 @@ def _load_datasetdicts(task: Task, subtask: str, offline: bool, data_path: str |
         dirs = offline_dirs(task, subtask, data_path or ".")
         missing = [str(d) for d in dirs if not d.is_dir()]
         if missing:
-            raise FileNotFoundError(f"offline data folder not found: {missing[0]} (write it with download_datasets4cluster.py)")
-        return [load_from_disk(str(d)) for d in dirs]
+            raise DataError(f"offline data folder not found: {missing[0]} (write it with download_datasets4cluster.py)")
+        out = []
+        for d in dirs:
+            try:
+                dd = load_from_disk(str(d))
+            except Exception as e:  # noqa: BLE001 -- datasets raises many kinds for an empty, foreign or truncated folder
+                raise DataError(f"offline data folder {d} is not a readable `datasets` save_to_disk folder "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); write it again "
+                                f"with download_datasets4cluster.py") from None
+            if not hasattr(dd, "keys"):
+                raise DataError(f"offline data folder {d} holds one split, not a DatasetDict of splits; write it with "
+                                f"download_datasets4cluster.py")
+            dd.source_dir = d
+            out.append(dd)
+        return out
     from datasets import load_dataset
     if task.name == "mmlu":
         return [load_dataset(task.hub_id, s) for s in mmlu_subjects(subtask)]
@@ -40,11 +54,24 @@ def _load_datasetdicts(task: Task, subtask: str, offline: bool, data_path: str |
 
 
 def _examples(task: Task, dds: list, split: str, all_items: bool) -> list[dict]:
+    """The split's rows as examples; a missing split or column, a malformed row or a label out of range is refused
+    naming the folder, split and row."""
     out = []
     for dd in dds:
+        where = getattr(dd, "source_dir", task.hub_id)
         if split not in dd:
-            raise KeyError(f"task {task.name!r} has no split {split!r} (found: {', '.join(dd)})")
-        out.extend(task.to_example(row) for row in dd[split])
+            raise DataError(f"task {task.name!r} has no split {split!r} in {where} (found: {', '.join(dd) or 'none'})")
+        for i, row in enumerate(dd[split]):
+            try:
+                ex = task.to_example(row)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise DataError(f"{where}, split {split}, row {i}: not a {task.name} row ({type(e).__name__}: {e}; "
+                                f"columns: {', '.join(row)})") from None
+            n = len(ex["choices"]) if task.format == "mc" else task.num_choices
+            if not -1 <= ex["label"] < n:
+                raise DataError(f"{where}, split {split}, row {i}: label {ex['label']} is out of range; allowed: "
+                                f"0..{n - 1} (or -1, unlabelled)")
+            out.append(ex)
     if task.original_choices and not all_items:
         out = [e for e in out if len(e["choices"]) == task.original_choices]
     return out
@@ -146,7 +173,7 @@ def load_splits(
     for role in roles:
         unlabelled = sum(1 for e in result[role] if e["label"] < 0)
         if unlabelled:
-            raise ValueError(f"{unlabelled} rows of {task.name} {role} split have no label; this split cannot be scored")
+            raise DataError(f"{unlabelled} rows of {task.name} {role} split have no label; this split cannot be scored")
     source = {"task": task.name, "subtask": subtask, "all_items": all_items, **({"test_fraction": test_fraction} if test_fraction else {}), "splits": {r: names[r] or f"carved {val_fraction:g} of {names['train']} (seed {seed})"
                                                               for r in ("train", "validation", "test")},
               "sizes": {r: len(result[r]) for r in roles}}

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from swag_lora.data.tasks import MMLU_SUBJECTS
+from swag_lora.errors import DataError
 
 RAW_TASKS = ("obqa", "arc-e", "arc-c", "cqa", "mmlu", "swag", "winogrande", "boolq", "cola", "sst2", "mrpc", "rte", "wnli",
              "qnli", "stsb")
@@ -18,8 +19,15 @@ WINOGRANDE_FILES = {"winogrande_xs": "train_xs", "winogrande_s": "train_s", "win
 
 
 def _jsonl(path: Path) -> list[dict]:
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {n}: not a JSON row ({e.msg})") from None
+    return rows
 
 
 def _letter_rows(path: Path, question_key: str, concept: bool = False) -> list[dict]:
@@ -73,8 +81,25 @@ def _glue(task: str, root: Path) -> dict[str, list[dict]]:
 
 def raw_rows(task: str, root: str | Path, subject: str | None = None) -> dict[str, list[dict]]:
     """Rows in the hub's schema, by hub split name, read from the original files under `root`
-    (the folder of that task, e.g. `../shared/data/obqa`)."""
+    (the folder of that task, e.g. `../shared/data/obqa`).  A missing folder or file, or a malformed line, is
+    refused naming it; a reader that finds no rows at all is refused too."""
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"raw data folder {root} does not exist (expected the task's original files there)")
+    try:
+        out = _raw_rows(task, root, subject)
+    except FileNotFoundError as e:
+        raise DataError(f"raw data file {e.filename} is missing") from None
+    except (IndexError, KeyError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"a raw {task} file under {root} has a malformed row ({type(e).__name__}: {e})") from None
+    if not any(out.values()):
+        raise DataError(f"no {task} rows found under {root}")
+    return out
+
+
+def _raw_rows(task: str, root: Path, subject: str | None = None) -> dict[str, list[dict]]:
     if task == "obqa":
         return {s: _letter_rows(root / f"{f}.jsonl", "question_stem") for s, f in
                 (("train", "train"), ("validation", "dev"), ("test", "test"))}

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from swag_lora.distributed import write_
+from swag_lora.errors import CorruptFile
 from swag_lora.io import atomic_write
 
 TENSORS, META = "ivon_posterior.safetensors", "ivon_posterior.json"
@@ -94,10 +95,19 @@ class IvonPosterior:
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> "IvonPosterior":
+        """Read a saved posterior; a malformed file or non-finite values are refused (`CorruptFile`, naming it)."""
         folder = Path(folder)
-        meta = json.loads((folder / META).read_text())
-        t = load_file(str(folder / TENSORS), device=str(device))
-        return cls(dict(zip(meta["names"], meta["shapes"])), t["mean"], t["hess"], meta["ess"], meta["weight_decay"])
+        try:
+            meta = json.loads((folder / META).read_text())
+            t = load_file(str(folder / TENSORS), device=str(device))
+            post = cls(dict(zip(meta["names"], meta["shapes"])), t["mean"], t["hess"], meta["ess"], meta["weight_decay"])
+            if sum(post.numels) != post._mean.numel() or post._hess.shape != post._mean.shape:
+                raise ValueError("the tensors do not match the names and shapes of the metadata")
+        except Exception as e:  # noqa: BLE001 -- safetensors, JSON or shape errors: the file is unusable
+            raise CorruptFile(f"IVON posterior {folder / TENSORS} is unusable ({type(e).__name__}: {str(e)[:160]})") from None
+        if not (torch.isfinite(post._mean).all() and torch.isfinite(post._hess).all()):
+            raise CorruptFile(f"IVON posterior {folder / TENSORS} holds non-finite values; it cannot be sampled")
+        return post
 
     def __repr__(self) -> str:
         return f"IvonPosterior(tensors={len(self.shapes)}, params={self._mean.numel()}, ess={self.ess:g})"

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from swag_lora.errors import CorruptFile
 from swag_lora.io import atomic_write
 
 
@@ -90,8 +91,8 @@ class LoraAPosterior:
             stds = {n: tensors[f"std.{n}"] for n in names}
             rotations = {n: tensors[f"rotation.{n}"] for n in names if f"rotation.{n}" in tensors}
             return cls(means, stds, rotations, {k: v for k, v in meta.items() if k != "names"})
-        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path} is not a usable LoRA-A posterior ({type(e).__name__}: {str(e)[:120]})") from None
+        except Exception as e:  # noqa: BLE001 -- safetensors, JSON or shape errors: the file is unusable
+            raise CorruptFile(f"{path} is not a usable LoRA-A posterior ({type(e).__name__}: {str(e)[:120]})") from None
 
     def __repr__(self) -> str:
         return f"LoraAPosterior(layers={len(self.means)}, params={sum(a.numel() for a in self.means.values())})"

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from swag_lora.distributed import is_sharded, write_
+from swag_lora.errors import CorruptFile
 from swag_lora.io import atomic_write
 
 POSTERIOR_TENSORS = "swag_posterior.safetensors"
@@ -154,8 +155,8 @@ class SwagPosterior:
                    k: int | None) -> None:
         if self.num_snapshots == 0:
             raise RuntimeError("cannot sample from a SWAG posterior with no snapshots")
-        if scale < 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0, got {scale}")
         if scale == 0:
             theta.copy_(self._mean)
             return
@@ -253,8 +254,13 @@ class SwagPosterior:
             raise ValueError(f"unknown SWAG posterior format_version {meta.get('format_version')!r}; allowed: 1, {FORMAT_VERSION}")
         post = cls(dict(zip(meta["names"], meta["shapes"])), max_rank=meta["max_rank"],
                    var_clamp=meta["var_clamp"], device=device, keep_deviations=meta.get("keep_deviations", True))
-        if tensors["mean"].numel() != post.num_params:
-            raise ValueError("SWAG posterior tensors do not match their metadata (corrupt file?)")
+        expected = {"mean": (post.num_params,), "var_sum" if meta["format_version"] != 1 else "sq_mean": (post.num_params,)}
+        if post.keep_deviations:
+            expected["deviations"] = (int(meta["rank"]), post.num_params)
+        for key, shape in expected.items():
+            if key not in tensors or tuple(tensors[key].shape) != shape:
+                got = tuple(tensors[key].shape) if key in tensors else "missing"
+                raise ValueError(f"tensor {key!r} is {got}, the metadata says {shape}")
         post._mean.copy_(tensors["mean"])
         if meta["format_version"] == 1:      # the second moment: var_sum = n (E[x^2] - mu^2), as precise as it was
             post._var_sum.copy_((tensors["sq_mean"] - tensors["mean"].square()).clamp_(min=0) * int(meta["num_snapshots"]))
@@ -285,9 +291,23 @@ class SwagPosterior:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: torch.device | str = "cpu") -> "SwagPosterior":
+        """Read a saved posterior.  A truncated or malformed file, tensors that do not match the metadata and
+        non-finite values are refused (`CorruptFile`, naming the file)."""
         folder = Path(folder)
-        meta = json.loads((folder / POSTERIOR_META).read_text())
-        return cls.from_state_dict(load_file(str(folder / POSTERIOR_TENSORS)), meta, device=device)
+        try:
+            meta = json.loads((folder / POSTERIOR_META).read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"{POSTERIOR_META} holds a {type(meta).__name__}, not the posterior's description")
+            tensors = load_file(str(folder / POSTERIOR_TENSORS))
+            post = cls.from_state_dict(tensors, meta, device=device)
+        except Exception as e:  # noqa: BLE001 -- safetensors, JSON or shape errors: the file is unusable
+            raise CorruptFile(f"SWAG posterior {folder / POSTERIOR_TENSORS} is unusable ({type(e).__name__}: "
+                              f"{str(e)[:160]})") from None
+        for name, t in tensors.items():
+            if not torch.isfinite(t).all():
+                raise CorruptFile(f"SWAG posterior {folder / POSTERIOR_TENSORS} holds non-finite values in {name!r}; "
+                                  f"it cannot be sampled (retrain, or restore the file)")
+        return post
 
     def nbytes(self) -> int:
         return (self._mean.numel() * 2 + (self._dev.numel() if self.keep_deviations else 0)) * 4

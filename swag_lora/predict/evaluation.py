@@ -20,7 +20,10 @@ from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.model import load_model, swag_tensors
 from swag_lora.predict.methods import Batches, Method, make_method
 from swag_lora.predict.temperature import apply_temperature, fit_temperature
+from swag_lora.errors import CorruptFile
+from swag_lora.sources import check_model_folder, model_source
 from swag_lora.report import write_evaluation
+from swag_lora.report.records import record_name
 from swag_lora.report.stats import majority_rate
 
 
@@ -66,6 +69,51 @@ class Plan:
     temperature_scaling: bool
     output_dir: Path
     ece_bins: int
+    overwrite: bool = False
+    ood_split: str = "test"
+
+    def identity(self) -> dict:
+        """Every setting that changes this evaluation's numbers: kept in each record as `evaluation_key`, so that an
+        evaluation never silently replaces a different one under the same file name."""
+        m = self.method
+        return {"method": m.key, "settings": m.settings(), "seed": m.evaluation.seed,
+                "temperature_scaling": self.temperature_scaling, "max_eval_samples": self.max_eval_samples,
+                "offline": self.offline, "data_path": str(Path(self.data_path).resolve()) if self.offline else None,
+                "ood_split": self.ood_split, "runs": [str(p) for p in self.paths]}
+
+    def record_names(self) -> list[str]:
+        """The file names (without suffix) the evaluation writes, one per target split."""
+        label = self.method.label()
+        return [record_name(label, self.method.settings(), len(self.paths), self.temperature_scaling
+                            and self.method.key != "temperature", dist, task, subtask, split)
+                for dist, task, subtask, split in self.targets]
+
+    def check_outputs(self) -> None:
+        """Before any model loads: the output folder can be written, and no existing record there is of another
+        evaluation (other settings, rows, data, seed or runs) unless evaluation.overwrite=true."""
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"evaluation output {out} is a file; allowed: a folder (evaluation.output_dir)")
+        probe = out if out.exists() else next(p for p in out.parents if p.exists())
+        if not os.access(probe, os.W_OK):
+            raise ConfigError(f"evaluation output {out} cannot be written ({probe} is read-only); allowed: a writable "
+                              f"evaluation.output_dir")
+        if self.overwrite:
+            return
+        key = json.loads(json.dumps(self.identity(), default=str))
+        for name in self.record_names():
+            path = out / f"{name}.json"
+            if not path.is_file():
+                continue
+            try:
+                old = json.loads(path.read_text()).get("evaluation_key")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                old = None
+            if old != key:
+                diff = next((f"{k}: {old.get(k)!r} there, {key[k]!r} now" for k in key if old and old.get(k) != key[k]),
+                            "it was written without an evaluation key (an earlier version)")
+                raise ConfigError(f"{path} holds another evaluation ({diff}); allowed: evaluation.overwrite=true, or "
+                                  f"another evaluation.output_dir")
 
 
 def resolve_plan(cfg: EvalConfig) -> Plan:
@@ -73,18 +121,34 @@ def resolve_plan(cfg: EvalConfig) -> Plan:
     evaluation, overrides = cfg.evaluation, cfg.experiment
     many = make_method(evaluation).members == "several"
     paths = [find_run_dir(p) for p in (evaluation.eval_model_paths if many else [evaluation.eval_model_path])]
+    if len(set(paths)) != len(paths):
+        twice = next(p for p in paths if paths.count(p) > 1)
+        raise ConfigError(f"evaluation.eval_model_paths names {twice} twice: an ensemble of one run is not an ensemble; "
+                          f"allowed: distinct run directories")
     configs = [load_run_config(p) for p in paths]
     exp = configs[0].experiment
     if evaluation.swag_sample_scale is None:       # the run's method.swag_sample_scale (member 0's for MultiSWAG)
         evaluation = replace(evaluation, swag_sample_scale=configs[0].swag.swag_sample_scale if configs[0].swag else 0.5)
     method = make_method(evaluation)
     method.check(configs, paths)
+    offline = overrides.offline if overrides.offline is not None else exp.offline
+    if not configs[0].model.tiny:           # the weights the evaluation will load are of the run's family
+        src = Path(model_source(configs[0].model, offline, overrides.model_path or exp.model_path))
+        if src.is_dir():
+            check_model_folder(configs[0].model, src)
+        elif offline:
+            raise ConfigError(f"the model folder {src} does not exist (experiment.model_path); write it with "
+                              f"download_models4cluster.py, or set experiment.model_path")
     task, subtask = (overrides.task, overrides.subtask or "") if overrides.task is not None else (exp.task, exp.subtask)
     if overrides.ood_tasks is not None:
         oods = ood_task_list(overrides)
     else:
         ood, ood_sub = (overrides.ood_task, overrides.ood_subtask or "") if overrides.ood_task is not None else (exp.ood_task, exp.ood_subtask)
         oods = [(ood, ood_sub)] if ood else []
+    for t, st in oods:
+        if (t, st or "") == (task, subtask or ""):
+            raise ConfigError(f"OOD task {t}{'/' + st if st else ''} is the in-distribution task itself; allowed: another "
+                              f"task or subtask (experiment.ood_task / ood_tasks)")
     if evaluation.only_ood and not oods:
         raise ConfigError("evaluation.only_ood=true but neither the evaluation nor the run names an OOD task; "
                           "set experiment.ood_task")
@@ -99,11 +163,13 @@ def resolve_plan(cfg: EvalConfig) -> Plan:
                 offline=pick(overrides.offline, exp.offline), data_path=pick(overrides.data_path, exp.data_path),
                 model_path=overrides.model_path, max_eval_samples=pick(overrides.max_eval_samples, exp.max_eval_samples),
                 temperature_scaling=temperature,
-                output_dir=Path(evaluation.output_dir) if evaluation.output_dir else paths[0] / "eval", ece_bins=evaluation.ece_bins)
+                output_dir=Path(evaluation.output_dir) if evaluation.output_dir else paths[0] / "eval", ece_bins=evaluation.ece_bins,
+                overwrite=evaluation.overwrite, ood_split=overrides.ood_split)
 
 
 def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool = True) -> list[dict]:
     """Score every target split; under `accelerate launch` (and `distributed`) each process scores a share."""
+    plan.check_outputs()
     if plan.offline:
         go_offline()
     accelerator = None
@@ -119,6 +185,11 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
     def bma_draws(task: str, subtask: str, split: str, dist: str, rows=None, source=""):
         data, info = batches(plan, runs[0], task, subtask, split, dist, accelerator, rows, source)
         draws = np.concatenate([method.draws(run, i, data) for i, run in enumerate(runs)])
+        bad = int((~np.isfinite(draws)).any(axis=(0, 2)).sum())
+        if bad:
+            raise CorruptFile(f"{method.label()} gave non-finite probabilities on {bad} of {draws.shape[1]} rows of {task} "
+                              f"{split} ({', '.join(str(r.directory / method.checkpoint) for r in runs)}): the adapter or "
+                              f"posterior is corrupt or the run diverged")
         return draws[..., : info["num_choices"]], labels_of(data.features), info
 
     temperature, temperature_source = None, None
@@ -150,6 +221,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
             "checkpoints": [str(r.directory / method.checkpoint) for r in runs],
             "train_seeds": [r.config.experiment.seed for r in runs], "metrics": scores,
             "chance_accuracy": majority_rate(labels), "order": method.order, "run_settings": run_settings(runs[0]),
+            "evaluation_key": json.loads(json.dumps(plan.identity(), default=str)),
         }
         if accelerator is None or accelerator.is_main_process:
             write_evaluation(record, draws.mean(0), labels, plan.output_dir, ece_bins=plan.ece_bins)

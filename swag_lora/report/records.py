@@ -9,29 +9,50 @@ from pathlib import Path
 
 import numpy as np
 
+from swag_lora.errors import UserError
 from swag_lora.io import atomic_write
 from swag_lora.report.figures import reliability_diagram, selective_figure
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A record or report input that cannot be used: the message is one line for the user."""
 
 
-def eval_name(record: dict) -> str:
-    task = record["task"] + (f"_{record['subtask']}" if record["subtask"] else "")
-    s = record["settings"]
+def record_name(label: str, settings: dict, members: int, temperature: bool, dist: str, task: str, subtask: str,
+                split: str) -> str:
+    """An evaluation's file name: the method's label, its draws per member (and SWAG scale, Laplace's Hessian and
+    predictive), _ts with temperature scaling, _m<members>, then the split."""
     extra = ""
-    if s.get("num_samples", 1) > 1 and record["label"].replace("+ts", "") not in ("swa", "multiswa", "ll-swa"):
-        extra = f"_s{s['num_draws'] // max(s['num_members'], 1)}"
-        if s.get("swag_sample_scale") is not None:
-            extra += f"_scale{s['swag_sample_scale']:g}" + ("" if s.get("swag_cov_mat") else "_diag")
-    if s.get("laplace_hessian"):
-        extra += f"_{s['laplace_hessian']}_{s['laplace_predictive']}"
-    if s.get("temperature") is not None and record["method"] != "temperature":
+    if settings.get("num_samples", 1) > 1 and label.replace("+ts", "") not in ("swa", "multiswa", "ll-swa"):
+        extra = f"_s{settings['num_samples']}"
+        if settings.get("swag_sample_scale") is not None:
+            extra += f"_scale{settings['swag_sample_scale']:g}" + ("" if settings.get("swag_cov_mat") else "_diag")
+    if settings.get("laplace_hessian"):
+        extra += f"_{settings['laplace_hessian']}_{settings['laplace_predictive']}"
+    if temperature:
         extra += "_ts"
-    if s.get("num_members", 1) > 1:
-        extra += f"_m{s['num_members']}"
-    return f"{record['label'].replace('+ts', '')}{extra}_{record['distribution']}_{task}_{record['split']}"
+    if members > 1:
+        extra += f"_m{members}"
+    return f"{label.replace('+ts', '')}{extra}_{dist}_{task}{f'_{subtask}' if subtask else ''}_{split}"
+
+
+def eval_name(record: dict) -> str:
+    s = record["settings"]
+    return record_name(record["label"], {**s, "num_samples": s["num_draws"] // max(s["num_members"], 1)
+                                         if s.get("num_samples", 1) > 1 else 1},
+                       s.get("num_members", 1), s.get("temperature") is not None and record["method"] != "temperature",
+                       record["distribution"], record["task"], record["subtask"], record["split"])
+
+
+def finite_or_null(value):
+    """The record as valid JSON: a metric that is undefined (NaN, inf) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_dir: Path, ece_bins: int = 15) -> Path:
@@ -41,7 +62,7 @@ def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_di
     name = eval_name(record)
     record["name"] = name
     with atomic_write(out_dir / f"{name}.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+        tmp.write_text(json.dumps(finite_or_null(record), indent=1, allow_nan=False))
     with atomic_write(out_dir / f"{name}.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, probs=probs.astype(np.float32), labels=labels.astype(np.int64))

@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from swag_lora.distributed import gathered_params
 from swag_lora.model import swag_tensors
+from swag_lora.config import MODULES_TO_SWAG
 from swag_lora.posteriors.swag import SwagPosterior
 from swag_lora.train.collector import SwagCollector
 
@@ -34,6 +35,10 @@ class SwagCallback(TrainerCallback):
                  keep_deviations: bool = True, device: torch.device | str | None = None):
         if every_steps < 1 or start_step < 0:
             raise ValueError(f"every_steps={every_steps} must be >= 1 and start_step={start_step} >= 0")
+        if max_rank < 1:
+            raise ValueError(f"max_rank={max_rank} must be >= 1 (with keep_deviations=False it is unused, but keep it 1)")
+        if modules not in MODULES_TO_SWAG:
+            raise ValueError(f"unknown modules={modules!r}; allowed: {', '.join(MODULES_TO_SWAG)}")
         self.max_rank, self.start_step, self.every_steps = max_rank, start_step, every_steps
         self.modules, self.keep_deviations, self.device = modules, keep_deviations, device
         self.collector: SwagCollector | None = None
@@ -43,7 +48,13 @@ class SwagCallback(TrainerCallback):
         return self.collector.posterior if self.collector else None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.modules == "head" and not hasattr(model, "head_tensors"):
+            raise ValueError("SwagCallback(modules='head') needs swag_lora's ChoiceModel (its head_module); this model "
+                             f"({type(model).__name__}) has none; allowed: grad_only, lora_only, all")
         named = swag_tensors(model, self.modules)
+        if not named:
+            raise ValueError(f"SwagCallback(modules={self.modules!r}) found no tensors in {type(model).__name__} (no LoRA "
+                             f"layers, or nothing trainable); wrap the model with peft's get_peft_model first")
         device = self.device or next(iter(named.values())).device
         self.collector = SwagCollector(lambda: gathered_params(None, model, named), swag_start=0,
                                        max_rank=self.max_rank, c_steps=self.every_steps, start_step=self.start_step,

@@ -14,14 +14,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from swag_lora.distributed import distribute_tensor, full, full_tensors, is_sharded, reshard, write_
+from swag_lora.errors import CorruptFile
 from swag_lora.io import atomic_dir
 from swag_lora.posteriors.swag import SwagPosterior
 
 STATE = "state.json"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(CorruptFile):
+    """No usable checkpoint (every candidate missing or corrupt)."""
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:

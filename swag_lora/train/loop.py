@@ -18,7 +18,9 @@ from swag_lora.config import ConfigError, RunConfig, go_offline, run_dir
 from swag_lora.data import DataSource, get_task
 from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.distributed import refuse_untested_backends
-from swag_lora.model import build_model, load_tokenizer, model_arch, model_source
+from swag_lora.errors import TrainingDiverged
+from swag_lora.model import build_model, load_tokenizer, model_arch
+from swag_lora.sources import data_identity, model_identity, model_source
 from swag_lora.predict import draw_probs
 from swag_lora.train.checkpoint import Checkpointer
 from swag_lora.train.collector import BestAdapter
@@ -38,7 +40,7 @@ def train(run: RunConfig) -> Path:
     directory = run_dir(run)
     with open_dict(run.raw):
         run.raw.experiment.save_path = str(directory)     # config.yaml records where the run lives
-    resuming = open_run_dir(run, directory, accelerator)
+    resuming = open_run_dir(run, directory, accelerator, sources=data.sources())
     accelerator.print(f"[swag-lora] run directory: {directory}")
     model, optimizer, loader = accelerator.prepare(*data.model_and_optimizer(accelerator, method), data.loader)
     inner = accelerator.unwrap_model(model)
@@ -114,6 +116,7 @@ def train_epoch(run, method, epoch, model, optimizer, loader, schedule, collecto
             group["lr"] = lr
         with accelerator.accumulate(model):
             loss = method.forward_backward(model, batch, optimizer, accelerator)
+            check_finite(loss, epoch, i, progress.global_step + 1, accelerator)    # before the step: weights stay good
             if accelerator.sync_gradients and exp.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), exp.max_grad_norm)
             method.step(optimizer, lr, progress.global_step + 1)
@@ -141,6 +144,18 @@ def train_epoch(run, method, epoch, model, optimizer, loader, schedule, collecto
     return {"epoch": epoch + 1, "step": progress.global_step, "lr": lr,
             "train_loss": float(accelerator.reduce(loss_sum / max(loss_count, 1), "mean")),   # mean over processes
             "train_seconds": round(time.time() - t0, 3), "collect_seconds": round(collect_seconds, 4)}
+
+
+def check_finite(loss: torch.Tensor, epoch: int, batch: int, step: int, accelerator) -> None:
+    """Stop at the first non-finite loss (any process: a collective), before it reaches the weights; the run keeps its
+    last good checkpoint and writes no run_info.json."""
+    bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "max")
+    if bad > 0:
+        raise TrainingDiverged(f"the training loss is {float(loss.detach()):g} at epoch {epoch + 1}, batch {batch + 1} "
+                               f"(optimizer step {step}): training stops here and the last good checkpoint is kept; "
+                               f"allowed: a smaller experiment.learning_rate, or experiment.max_grad_norm > 0")
 
 
 # ---------------------------------------------------------------- what the loop builds
@@ -213,18 +228,25 @@ class TrainingData:
     def __init__(self, run: RunConfig, accelerator):
         exp = self.exp = run.experiment
         self.run, self.task = run, get_task(exp.task)
+        splits = DataSource.of(exp).splits(exp.task, exp.subtask, roles=("train", "validation"))   # data errors first
         self.source_path = model_source(run.model, exp.offline, exp.model_path)
         self.tokenizer = load_tokenizer(run.model, self.source_path)
         self.arch = model_arch(run.model, exp, self.task)
         self.encoding = Encoding(self.tokenizer, self.arch, run.model.max_length, exp.prompt_style)
-        splits = DataSource.of(exp).splits(exp.task, exp.subtask, roles=("train", "validation"))
         self.source = splits.source
         cap = {"train": exp.max_train_samples, "validation": exp.max_eval_samples}
         self.features = {role: self.encoding.features(splits[role][: cap[role] or None], self.task) for role in cap}
+        check_truncation(self.features["train"], run.model.max_length, accelerator)
         self.labels = {role: labels_of(feats) for role, feats in self.features.items()}
         self.collator = self.encoding.collator(self.task)
         self.loader = self.encoding.loader(self.features["train"], self.task, exp.batch_size // exp.gradient_accumulation_steps,
                                            sampler=EpochSampler(len(self.features["train"]), exp.seed))
+
+    def sources(self) -> dict:
+        """What the weights and the data are, beyond their paths: the model folder's config.json and weights files
+        (name and size), and the data folders' `datasets` fingerprints (or the hub id / the generated task)."""
+        return {"model": model_identity(self.run.model, self.source_path),
+                "data": data_identity(self.exp, [(self.exp.task, self.exp.subtask)])}
 
     def model_and_optimizer(self, accelerator, method):
         """The base model + LoRA + head (+ what the method adds), seeded as every process's; the method's optimizer."""
@@ -241,6 +263,19 @@ class TrainingData:
             f"{sum(p.numel() for p in self.model.trainable_state().values()):,} trainable parameters; "
             f"{accelerator.num_processes} process(es)")
         return self.model, optimizer
+
+
+def check_truncation(features: list[dict], max_length: int, accelerator) -> None:
+    """Say how many training prompts model.max_length cuts; refuse when it cuts every one (a model that never sees a
+    whole prompt trains at chance, silently)."""
+    cut = sum(f.get("truncated", False) for f in features)
+    if not cut:
+        return
+    if cut == len(features) and len(features) >= 10:
+        raise ConfigError(f"model.max_length={max_length} truncates all {len(features)} training prompts; allowed: a "
+                          f"larger model.max_length (the prompts of this task are longer)")
+    accelerator.print(f"[swag-lora] model.max_length={max_length} truncates {cut} of {len(features)} training prompts "
+                      f"({100 * cut / len(features):.0f}%)")
 
 
 def validate(run: RunConfig, model, data: TrainingData, collector, accelerator) -> dict:

@@ -21,8 +21,38 @@ LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_accuracy", "
               "collect_seconds", "swa_val_seconds", "epoch_seconds"]
 
 
-def open_run_dir(run: RunConfig, directory: Path, accelerator) -> bool:
-    """Apply experiment.overwrite / experiment.resume and write config.yaml; True if a checkpoint is to be resumed."""
+_LOCKS: dict[Path, object] = {}     # run directory -> its open, locked lock file (held while the process lives)
+
+
+def lock_run_dir(directory: Path, accelerator) -> None:
+    """One live process tree per run directory: the main process takes an exclusive lock on `.<name>.lock` beside the
+    directory (fcntl; released by the operating system when the process ends, so a crash leaves nothing stuck); a
+    second launch into the same directory is refused on every process."""
+    import fcntl
+    held = None
+    if accelerator.is_main_process:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        f = open(directory.parent / f".{directory.name}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _LOCKS[directory] = f
+            held = True
+        except OSError:
+            f.close()
+            held = False
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        held = broadcast_object_list([held])[0]
+    if not held:
+        raise ConfigError(f"run directory {directory} is in use by another live process (it holds "
+                          f"{directory.parent / ('.' + directory.name + '.lock')}); wait for it to end, or set another "
+                          f"experiment.exp_name or experiment.seed")
+
+
+def open_run_dir(run: RunConfig, directory: Path, accelerator, sources: dict | None = None) -> bool:
+    """Take the run directory's lock, apply experiment.overwrite / experiment.resume and write config.yaml and
+    sources.json (the model's and the data's identity); True if a checkpoint is to be resumed."""
+    lock_run_dir(directory, accelerator)
     exp = run.experiment
     finished = (directory / RUN_INFO).is_file()
     has_ckpt = ckpt.has_checkpoint(directory / "checkpoint")
@@ -43,13 +73,30 @@ def open_run_dir(run: RunConfig, directory: Path, accelerator) -> bool:
     if has_ckpt and exp.resume != "never":
         if (directory / "config.yaml").is_file():
             check_same_run(OmegaConf.load(directory / "config.yaml"), run.raw)
+        if sources is not None and (directory / SOURCES).is_file():
+            check_same_sources(json.loads((directory / SOURCES).read_text()), sources, directory)
         return True
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_write(directory / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(run.raw, resolve=True))
+        if sources is not None:
+            with atomic_write(directory / SOURCES) as tmp:
+                tmp.write_text(json.dumps(sources, indent=1))
     accelerator.wait_for_everyone()
     return False
+
+
+SOURCES = "sources.json"
+
+
+def check_same_sources(old: dict, new: dict, directory: Path) -> None:
+    """A resumed run must read the same weights and data (model_path / data_path are not in the directory's
+    fingerprint, so that a run can move; what they hold is checked here)."""
+    for what in ("model", "data"):
+        if old.get(what) != new.get(what):
+            raise ConfigError(f"cannot resume {directory}: its {what} source was {old.get(what)}, now {new.get(what)}; "
+                              f"allowed: the same {what} (experiment.model_path / data_path), or experiment.overwrite=true")
 
 
 def check_same_run(old, new) -> None:
@@ -81,13 +128,14 @@ class EpochLog:
                 w.writerows(rows)
 
     def write(self, row: dict, step: int) -> None:
+        """Add one epoch's row: the whole file is rewritten atomically (a crash leaves the previous rows intact)."""
         if self.main:
-            new = not self.path.exists()
-            with open(self.path, "a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
-                if new:
+            rows = list(csv.DictReader(open(self.path, newline=""))) if self.path.exists() else []
+            with atomic_write(self.path) as tmp:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
                     w.writeheader()
-                w.writerow(row)
+                    w.writerows(rows + [row])
         if self.wandb:
             self.wandb.log({k.replace("val_", "val/", 1) if k.startswith("val_") else k: v for k, v in row.items()}, step=step)
 

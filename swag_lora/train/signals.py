@@ -1,4 +1,4 @@
-"""Pre-emption: SIGTERM / SIGUSR1 (Slurm's warning).  Inside the epochs the loop checkpoints at the next step or
+"""Pre-emption: SIGTERM / SIGUSR1 (Slurm's warning) and Ctrl-C (SIGINT), alike.  Inside the epochs the loop checkpoints at the next step or
 epoch end and exits 99 ("requeue me"); anywhere else (loading, the closing evaluation) the process ends at once
 with status 128 + the signal number -- every file is written atomically, so nothing is left half-written."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ class Stop:
             cls.requested = True
             if not cls.deferring:
                 raise SystemExit(128 + signum)
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             try:
                 signal.signal(sig, handler)
             except (ValueError, OSError):   # not the main thread

@@ -3,6 +3,7 @@ tests put it there); nothing of it is in swag_lora.
 
     SWAG_LORA_TEST_KILL_AFTER_EPOCH=N   SIGKILL right after the checkpoint that ends epoch N
     SWAG_LORA_TEST_SIGNAL_AT_STEP=N     SIGUSR1 at optimizer step N (the run checkpoints and exits 99)
+    SWAG_LORA_TEST_SIGNAL=SIGINT        the signal SIGNAL_AT_STEP sends instead (Ctrl-C)
     SWAG_LORA_TEST_SIGNAL_IN_VALIDATION=N   SIGUSR1 while epoch N is validated (the run finishes the epoch, exits 99)
 """
 import os
@@ -31,7 +32,7 @@ if SIGNAL_AT:
         out = _step(self, *args, **kwargs)
         calls[0] += 1
         if calls[0] == int(SIGNAL_AT):
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), getattr(signal, os.environ.get("SWAG_LORA_TEST_SIGNAL", "SIGUSR1")))
         return out
     torch.optim.AdamW.step = step
 
