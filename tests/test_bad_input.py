@@ -45,6 +45,7 @@ def plan(*args):
 
 
 # ---------------------------------------------------------------- an evaluation never replaces another
+@pytest.mark.slow
 def test_a_second_evaluation_with_other_settings_is_refused_unless_overwrite(run, tmp_path):
     from swag_lora.predict.evaluation import evaluate
     common = ("evaluation.eval_method=base", f"evaluation.eval_model_path={run}", f"evaluation.output_dir={tmp_path}",
@@ -62,6 +63,7 @@ def test_a_second_evaluation_with_other_settings_is_refused_unless_overwrite(run
 
 
 # ---------------------------------------------------------------- non-finite values
+@pytest.mark.slow
 def test_a_nan_posterior_or_adapter_is_refused_at_load_naming_the_file(run, tmp_path):
     import shutil
 
@@ -94,6 +96,7 @@ def test_sampling_at_a_nan_scale_is_refused():
         post.sample(scale=float("nan"))
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_step_and_is_not_marked_finished(tmp_path):
     p = cli(*RUN, "experiment.learning_rate=1e30", f"experiment.save_folder={tmp_path}")     # NaN by the 3rd step
     one_line(p, "the training loss is")
@@ -111,6 +114,7 @@ def test_records_are_valid_json_with_undefined_metrics_as_null(tmp_path):
 
 
 # ---------------------------------------------------------------- clashes
+@pytest.mark.slow
 def test_a_second_live_process_on_the_same_run_directory_is_refused(tmp_path):
     from swag_lora.config import run_dir
     rd = run_dir(run_config(*RUN, f"experiment.save_folder={tmp_path}"))
@@ -125,6 +129,7 @@ def test_a_second_live_process_on_the_same_run_directory_is_refused(tmp_path):
     assert len(list(open(next(tmp_path.rglob("training_log.csv"))))) == 3      # header + 2 epochs, once
 
 
+@pytest.mark.slow
 def test_a_folder_of_another_family_under_the_model_name_is_refused(tmp_path):
     folder = tmp_path / "FacebookAI" / "roberta-base"
     folder.mkdir(parents=True)
@@ -144,6 +149,7 @@ def test_a_resume_with_other_data_or_weights_is_refused(tmp_path):
     check_same_sources(old, json.loads(json.dumps(old)), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_records_its_sources(run):
     sources = json.loads((run / "sources.json").read_text())
     assert sources["model"] == {"tiny": sources["model"]["tiny"]} and sources["data"] == {"demo": "generated"}
@@ -156,6 +162,7 @@ def test_an_exp_name_with_a_path_is_refused(tmp_path):
     assert not (tmp_path.parent / "escape").exists()
 
 
+@pytest.mark.slow
 def test_a_save_folder_or_evaluation_output_that_is_a_file_is_refused_before_work(run, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
@@ -165,6 +172,7 @@ def test_a_save_folder_or_evaluation_output_that_is_a_file_is_refused_before_wor
         plan("evaluation.eval_method=base", f"evaluation.eval_model_path={run}", f"evaluation.output_dir={f}").check_outputs()
 
 
+@pytest.mark.slow
 def test_a_read_only_output_is_refused_before_work(run, tmp_path, monkeypatch):
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(tmp_path)) else real(p, mode))
@@ -176,16 +184,19 @@ def test_a_read_only_output_is_refused_before_work(run, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- evaluation inputs
+@pytest.mark.slow
 def test_one_run_twice_is_not_an_ensemble(run):
     with pytest.raises(ConfigError, match="names .* twice"):
         plan("evaluation.eval_method=ensemble", f"evaluation.eval_model_paths=[{run},{run}]")
 
 
+@pytest.mark.slow
 def test_the_training_task_as_ood_task_is_refused_at_evaluation(run):
     with pytest.raises(ConfigError, match="is the in-distribution task itself"):
         plan("evaluation.eval_method=base", f"evaluation.eval_model_path={run}", "experiment.ood_task=demo")
 
 
+@pytest.mark.slow
 def test_download_from_a_missing_raw_folder_fails_in_one_line(tmp_path):
     p = cli("--tasks", "obqa", "--from_raw", str(tmp_path / "nope"), "--data_path", str(tmp_path / "out"),
             module="download_datasets4cluster.py")
@@ -193,6 +204,7 @@ def test_download_from_a_missing_raw_folder_fails_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_report_with_an_unknown_metric_or_a_malformed_json(run, tmp_path):
     from swag_lora.predict.evaluation import evaluate
     evaluate(plan("evaluation.eval_method=base", f"evaluation.eval_model_path={run}", "experiment.ood_task=",
@@ -204,6 +216,7 @@ def test_report_with_an_unknown_metric_or_a_malformed_json(run, tmp_path):
     one_line(p, "broken.json is not valid JSON")
 
 
+@pytest.mark.slow
 def test_a_max_length_too_short_for_every_prompt_is_refused():
     p = cli(*RUN, "model.max_length=3", "experiment.save_folder=/tmp/never-written")
     one_line(p, "model.max_length=3 truncates all 48 training prompts")
@@ -270,6 +283,7 @@ def test_a_malformed_raw_jsonl_line_is_named(tmp_path):
         raw_rows("obqa", tmp_path / "obqa")
 
 
+@pytest.mark.slow
 def test_bad_data_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "obqa").mkdir()
     p = cli("model=llama_7b_hf", "experiment.task=obqa", "experiment.ood_task=", "experiment.offline=true",
@@ -286,6 +300,7 @@ def test_bad_data_is_refused_before_the_model_loads(tmp_path):
 # ---------------------------------------------------------------- corrupt posteriors and adapters
 @pytest.mark.parametrize("damage,fragment", [
     ("truncate", "SWAG posterior"), ("shape", "the metadata says"), ("json_type", "holds a list")])
+@pytest.mark.slow
 def test_a_corrupt_posterior_is_refused_naming_the_file(run, tmp_path, damage, fragment):
     import shutil
 
@@ -306,6 +321,7 @@ def test_a_corrupt_posterior_is_refused_naming_the_file(run, tmp_path, damage, f
         SwagPosterior.load(folder)
 
 
+@pytest.mark.slow
 def test_a_truncated_adapter_is_refused_in_one_line(run, tmp_path):
     import shutil
     bad = tmp_path / "run"
@@ -317,6 +333,7 @@ def test_a_truncated_adapter_is_refused_in_one_line(run, tmp_path):
 
 
 # ---------------------------------------------------------------- the command line and the library
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_like_sigterm(tmp_path):
     p = cli(*RUN, "experiment.num_epochs=3", f"experiment.save_folder={tmp_path}",
             env={"SWAG_LORA_TEST_SIGNAL_AT_STEP": "3", "SWAG_LORA_TEST_SIGNAL": "SIGINT"})
@@ -335,6 +352,7 @@ def test_target_modules_of_another_family_are_refused_in_one_line():
         load_model(cfg.model, cfg.experiment, get_task("demo"))
 
 
+@pytest.mark.slow
 def test_a_key_typo_names_the_closest_keys():
     one_line(cli("method.swag_strat=3"), "unknown key method.swag_strat; did you mean method.swag_start")
     one_line(cli("evaluation.num_sample=3", module="swag_lora.evaluate"), "did you mean evaluation.num_samples?")
@@ -346,6 +364,7 @@ def test_a_key_typo_names_the_closest_keys():
     ("out: x\nseeds: [0]\nruns: {swag: []}\nevaluations: [{name: m, run: map, method: base}]\n",
      "reads run 'map', which the protocol does not train"),
 ])
+@pytest.mark.slow
 def test_the_protocol_runner_refuses_a_bad_protocol_before_anything_runs(tmp_path, text, fragment):
     args = []
     if text is not None:
@@ -387,8 +406,11 @@ def test_a_bin_only_folder_loads_with_one_line_saying_so(tmp_path, capsys):
     from transformers import BertConfig, BertForSequenceClassification
 
     from swag_lora.model import load_base_model
-    BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=16, num_labels=4)).save_pretrained(str(tmp_path), safe_serialization=False)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=16, num_labels=4))
+    bert.save_pretrained(str(tmp_path))             # a user's legacy folder: its weights as pytorch_model.bin only
+    torch.save(bert.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "model.safetensors").unlink()
     cfg = run_config(*TINY, "model=minilm", "model.package=null", f"model.model_name={tmp_path}").model
     model = load_base_model(cfg, str(tmp_path), "seq_cls", 4, 50)
     assert model.config.model_type == "bert"
