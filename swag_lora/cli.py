@@ -1,17 +1,22 @@
 """What the two entrypoints do around training and evaluation: the one-line errors (exit 2) and the closing table.
+Modules that load torch are imported inside the entrypoints, after the configuration is checked, so that a bad
+value is refused in a fraction of a second.
 
     launch_exp_hydra.py          -> main_train(cfg)      (conf/config.yaml)
     python -m swag_lora.evaluate -> main_evaluate(cfg)   (conf/eval.yaml)
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import gc
 import os
 import sys
 
 from omegaconf import DictConfig
 
-from swag_lora.config import ALIASES, CONF, parse_eval, parse_run, validate_train
+from swag_lora.config import (ALIASES, CONF, METHOD_CONFIGS, DataOverrides, EvaluationConfig, ExperimentConfig, ModelConfig,
+                              parse_eval, parse_run)
 from swag_lora.errors import UserError
 
 
@@ -22,9 +27,6 @@ def fail(e: Exception) -> int:
 
 def declared_keys(config_name: str) -> dict[str, set[str]]:
     """The keys each group declares: training (config) or evaluation (eval)."""
-    import dataclasses
-
-    from swag_lora.config import METHOD_CONFIGS, DataOverrides, EvaluationConfig, ExperimentConfig, ModelConfig
     names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     if config_name == "eval":
         return {"evaluation": names(EvaluationConfig), "experiment": names(DataOverrides)}
@@ -35,7 +37,6 @@ def declared_keys(config_name: str) -> dict[str, set[str]]:
 def check_keys(argv: list[str], config_name: str) -> None:
     """A typo in a key (`method.swag_strat=3`) gets one line with the closest declared keys, not Hydra's advice to
     add a `+`.  `+key=value` (an explicit addition) is left to Hydra."""
-    import difflib
     declared = declared_keys(config_name)
     for arg in argv:
         key, sep, _ = arg.partition("=")
@@ -71,6 +72,7 @@ def check_group_overrides(argv: list[str]) -> None:
 
 def main_train(cfg: DictConfig) -> int:
     """Check, train, then (optionally) print the evaluation table."""
+    from swag_lora.train.checks import validate_train
     from swag_lora.train.signals import Stop
     try:
         run = parse_run(cfg)

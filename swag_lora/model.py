@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from swag_lora.config import MODULES_TO_SWAG
+from swag_lora.config.schema import MODULES_TO_SWAG
 from swag_lora.data.demo import HELD_OUT, MIX_TEMPLATES, OPENERS, SHIFTED_TEMPLATES, TEMPLATES, WORDS
 from swag_lora.data.encode import CAUSAL_HEAD_SIZE, LETTERS
 from swag_lora.distributed import reshard, write_

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from swag_lora.data.loading import offline_dirs
 from swag_lora.data.tasks import get_task
 from swag_lora.errors import ConfigError
+
+
+def go_offline() -> None:
+    """experiment.offline=true: nothing may touch the network (the libraries read these at call time)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[var] = "1"
 
 
 def model_source(model_cfg, offline: bool, model_path: str | None) -> str:

@@ -33,7 +33,8 @@ def compose(*overrides: str, config_name: str = "config"):
 
 def run_config(*overrides: str):
     """The typed, checked training config of `launch_exp_hydra.py <overrides>`."""
-    from swag_lora.config import parse_run, validate_train
+    from swag_lora.config import parse_run
+    from swag_lora.train.checks import validate_train
     run = parse_run(compose(*overrides))
     validate_train(run)
     return run

@@ -107,6 +107,7 @@ def test_a_diverging_run_stops_at_the_step_and_is_not_marked_finished(tmp_path):
 def test_records_are_valid_json_with_undefined_metrics_as_null(tmp_path):
     from swag_lora.report.records import write_evaluation
     rec = {"method": "base", "label": "map", "distribution": "id", "task": "demo", "subtask": "", "split": "test",
+           "name": "map_id_demo_test",
            "settings": {"num_samples": 1, "num_draws": 1, "num_members": 1, "temperature": None},
            "metrics": {"nll": 0.3, "auroc_entropy": float("nan")}}
     path = write_evaluation(rec, np.full((4, 2), 0.5), np.array([0, 1, 0, 1]), tmp_path)

@@ -5,7 +5,8 @@ import re
 import pytest
 from conftest import REPO, compose
 
-from swag_lora.config import (CONF, DataOverrides, EvaluationConfig, ExperimentConfig, ModelConfig, _build, markdown_table,
+from swag_lora.config.docs import markdown_table
+from swag_lora.config import (CONF, DataOverrides, EvaluationConfig, ExperimentConfig, ModelConfig, _build,
                               parse_run)
 
 

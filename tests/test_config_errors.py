@@ -6,7 +6,8 @@ import time
 import pytest
 from conftest import REPO, compose
 
-from swag_lora.config import ConfigError, parse_run, validate_train
+from swag_lora.config import ConfigError, parse_run
+from swag_lora.train.checks import validate_train
 
 
 def check(*overrides):

@@ -19,7 +19,7 @@ def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
     that is reproducible by seed."""
     from swag_lora.data import get_task, load_splits
     from swag_lora.data.encode import Collator, encode
-    from swag_lora.predict import draw_probs
+    from swag_lora.predict.draws import score, swag_samples
     from swag_lora.predict.evaluation import load_run
     rd, cfg = train_run(tmp_path, "model=tiny_llama", "model.dtype=bfloat16", "experiment.mixed_precision=bf16",
                         "experiment.num_epochs=3", "method.swag_start=1", "method.swag_max_num_models=3",
@@ -35,9 +35,8 @@ def test_bf16_training_keeps_swag_tensors_fp32_and_evaluates(tmp_path):
         torch.testing.assert_close(run.named[name].detach(), mu)
     feats = encode(load_splits("demo", roles=("test",)).test[:24], run.tokenizer, run.model.arch, get_task("demo"), 64)
     coll = Collator(run.tokenizer.pad_token_id, run.model.arch, run.model.num_choices, run.tokenizer.padding_side)
-    kw = dict(posterior=post, named=run.named, num_samples=3, scale=0.5, seed=3)
-    a = draw_probs(run.model, feats, coll, 8, "swag", **kw)
-    b = draw_probs(run.model, feats, coll, 8, "swag", **kw)
+    a = score(run.model, feats, coll, 8, swag_samples(post, run.named, 3, 0.5, seed=3), restore=run.named)
+    b = score(run.model, feats, coll, 8, swag_samples(post, run.named, 3, 0.5, seed=3), restore=run.named)
     assert a.shape == (3, 24, run.model.num_choices) and np.isfinite(a).all()
     np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(a, b)
@@ -60,8 +59,8 @@ def test_posterior_on_cuda_equals_cpu(tmp_path):
     for v_cpu, v_gpu in zip(cpu.variance().values(), gpu.variance().values()):
         torch.testing.assert_close(v_gpu.cpu(), v_cpu)
     # samples on the GPU: reproducible by seed, written in place into CUDA tensors, saved and reloaded on the CPU
-    draw1 = gpu.sample(0.5, generator=torch.Generator(device="cuda").manual_seed(4))
-    draw2 = gpu.sample(0.5, generator=torch.Generator(device="cuda").manual_seed(4))
+    draw1 = gpu.sample(scale=0.5, generator=torch.Generator(device="cuda").manual_seed(4))
+    draw2 = gpu.sample(scale=0.5, generator=torch.Generator(device="cuda").manual_seed(4))
     target = {n: torch.zeros_like(t, device="cuda", dtype=torch.bfloat16) for n, t in snaps[0].items()}
     SwagPosterior.write_(target, draw1)
     for n in draw1:
@@ -81,7 +80,7 @@ def test_cuda_sample_covariance_is_diag_plus_low_rank():
     for s in snaps:
         post.collect({"w": s["w"].cuda()})
     gen = torch.Generator(device="cuda").manual_seed(1)
-    draws = torch.stack([post.sample(0.5, generator=gen)["w"] for _ in range(40000)]).double().cpu().numpy()
+    draws = torch.stack([post.sample(scale=0.5, generator=gen)["w"] for _ in range(40000)]).double().cpu().numpy()
     X = np.stack([s["w"].numpy() for s in snaps]).astype(np.float64)
     mean = X.mean(0)
     var = (X ** 2).mean(0) - mean ** 2

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, TINY, compose, run_config
 
 from swag_lora import metrics as M
-from swag_lora.predict.draws import draw_probs, predict_probs
+from swag_lora.predict.draws import predict_probs, score, swag_samples
 from swag_lora.predict.temperature import apply_temperature, fit_temperature
 from swag_lora.posteriors.swag import SwagPosterior
 
@@ -43,13 +43,12 @@ def test_swag_bma_is_mean_of_sample_probabilities_and_restores_weights(runs):
     run.model.load_adapter(runs[0] / "swag_model")
     post = SwagPosterior.load(runs[0] / "swag_model")
     before = {n: t.detach().clone() for n, t in run.named.items()}
-    members = draw_probs(run.model, feats, coll, 16, "swag", posterior=post, named=run.named, num_samples=3,
-                         scale=0.5, seed=7)
+    members = score(run.model, feats, coll, 16, swag_samples(post, run.named, 3, 0.5, seed=7), restore=run.named)
     # the same three samples by hand, in order, from the same generator
     g = torch.Generator().manual_seed(7)
     manual = []
     for _ in range(3):
-        SwagPosterior.write_(run.named, post.sample(0.5, generator=g))
+        SwagPosterior.write_(run.named, post.sample(scale=0.5, generator=g))
         run.model.eval()
         manual.append(predict_probs(run.model, feats, coll, 5, sort_by_length=False))
     SwagPosterior.write_(run.named, before)
@@ -67,7 +66,7 @@ def test_swa_scale_zero_equals_posterior_mean_predictions(runs):
     run, feats, coll = _loaded(runs[0])
     post = SwagPosterior.load(runs[0] / "swag_model")
     run.model.load_adapter(runs[0] / "base_model")     # start from other weights on purpose
-    swa = draw_probs(run.model, feats, coll, 16, "swag", posterior=post, named=run.named, num_samples=5, scale=0.0)
+    swa = score(run.model, feats, coll, 16, swag_samples(post, run.named, 5, 0.0), restore=run.named)
     assert swa.shape[0] == 1
     SwagPosterior.write_(run.named, post.mean())
     run.model.eval()
@@ -370,3 +369,25 @@ def test_temperature_scaling_on_the_scored_validation_split_is_refused(runs):
                                             "evaluation.split=validation", *extra, config_name="eval")))
     resolve_plan(parse_eval(compose("evaluation.eval_method=base", f"evaluation.eval_model_path={runs[0]}",
                                     "evaluation.split=validation", config_name="eval")))      # without TS: fine
+
+
+def test_file_names_come_from_the_methods_and_keep_the_public_names():
+    """The names users' scripts read: the method supplies its label and name parts; the report knows no method."""
+    from swag_lora.config import evaluation_config
+    from swag_lora.predict.methods import make_method
+    from swag_lora.report.records import record_name
+
+    def name(*overrides, members=1, ts=False, dist="id"):
+        m = make_method(evaluation_config(list(overrides)))
+        return record_name(m.label(), m.name_parts(), members, ts, dist, "demo", "shifted" if dist == "ood" else "", "test")
+    assert name("evaluation.eval_method=base") == "map_id_demo_test"
+    assert name("evaluation.eval_method=dropout", "evaluation.num_samples=10") == "dropout_s10_id_demo_test"
+    assert name("evaluation.eval_method=swag", "evaluation.swag_sample_scale=0.5", "evaluation.num_samples=10",
+                dist="ood") == "swag_s10_scale0.5_ood_demo_shifted_test"
+    assert name("evaluation.eval_method=swag", "evaluation.swag_sample_scale=0.0") == "swa_id_demo_test"
+    assert name("evaluation.eval_method=swag", "evaluation.swag_sample_scale=1.0", "evaluation.swag_cov_mat=false",
+                "evaluation.num_samples=5", ts=True) == "swag_s5_scale1_diag_ts_id_demo_test"
+    assert name("evaluation.eval_method=laplace") == "laplace_kron_glm_probit_id_demo_test"
+    assert name("evaluation.eval_method=multiswag", "evaluation.swag_sample_scale=0.5", "evaluation.num_samples=10",
+                members=3) == "multiswag_s10_scale0.5_m3_id_demo_test"
+    assert name("evaluation.eval_method=blob", "evaluation.blob_mean=true") == "blob-mean_id_demo_test"

@@ -16,7 +16,7 @@ from swag_lora.data.encode import Collator, choice_width, encode
 from swag_lora.posteriors.ivon import IvonPosterior, make_ivon
 from swag_lora.posteriors.laplace import LoraLaplace
 from swag_lora.posteriors.swag import SwagPosterior
-from swag_lora.predict.draws import draw_probs, predict_probs
+from swag_lora.predict.draws import predict_probs, score, swag_samples
 from swag_lora.predict.evaluation import evaluate, load_run, resolve_plan
 
 
@@ -42,11 +42,11 @@ def test_last_layer_swag_bma_equals_the_s_pass_bma_with_the_same_draws(tmp_path,
     assert set(post.shapes) == set(run.model.head_tensors()) == set(run.named)      # the head alone
     run.model.load_adapter(rd / "swag_model")
     feats, coll = rows_of(run)
-    fast = draw_probs(run.model, feats, coll, 8, "swag", posterior=post, named=run.named, num_samples=5, scale=1.0, seed=4)
+    fast = score(run.model, feats, coll, 8, swag_samples(post, run.named, 5, 1.0, seed=4), restore=run.named)
     g = torch.Generator().manual_seed(4)
     slow = []
     for _ in range(5):          # the same draws, each through the whole network
-        SwagPosterior.write_(run.named, post.sample(1.0, generator=g))
+        SwagPosterior.write_(run.named, post.sample(scale=1.0, generator=g))
         run.model.eval()
         slow.append(predict_probs(run.model, feats, coll, 8))
     np.testing.assert_allclose(fast, np.stack(slow), atol=1e-5)
@@ -215,7 +215,7 @@ def test_ivon_posterior_is_its_hessian_estimate():
     torch.testing.assert_close(post.variance(), 1 / (200 * (hess + 1e-3)))
     torch.testing.assert_close(post.mean()["w"], w.detach())
     g = torch.Generator().manual_seed(1)
-    draws = torch.stack([torch.cat([s["w"].flatten(), s["b"]]) for s in (post.sample(g) for _ in range(20000))])
+    draws = torch.stack([torch.cat([s["w"].flatten(), s["b"]]) for s in post.sample(20000, g)])
     np.testing.assert_allclose(draws.var(0).numpy(), post.variance().numpy(), rtol=0.06)
 
 

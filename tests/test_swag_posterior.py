@@ -88,7 +88,7 @@ def test_sample_covariance_is_diag_plus_low_rank(cov):
         post.collect(s)
     scale = 0.5
     gen = torch.Generator().manual_seed(123)
-    draws = np.stack([post.sample(scale, cov=cov, generator=gen)["w"].numpy() for _ in range(40000)]).astype(np.float64)
+    draws = np.stack([post.sample(scale=scale, cov=cov, generator=gen)["w"].numpy() for _ in range(40000)]).astype(np.float64)
     X = np.stack([s["w"].numpy() for s in snaps]).astype(np.float64)
     mean = X.mean(0)
     var = np.maximum((X ** 2).mean(0) - mean ** 2, 1e-30)
@@ -129,10 +129,10 @@ def test_low_rank_term_divides_by_max_rank_minus_one_as_the_original():
     torch.testing.assert_close(draw, post.mean()["w"] + var.sqrt() * z1 + post.deviations().T @ z2 / math.sqrt(19))
     single = SwagPosterior.from_named_tensors(snaps[0], max_rank=5)
     single.collect(snaps[2])
-    a = single.sample(1.0, cov=True, generator=torch.Generator().manual_seed(1), k=5)["w"]
-    b = single.sample(1.0, cov=False, generator=torch.Generator().manual_seed(1))["w"]
+    a = single.sample(scale=1.0, cov=True, generator=torch.Generator().manual_seed(1), k=5)["w"]
+    b = single.sample(scale=1.0, cov=False, generator=torch.Generator().manual_seed(1))["w"]
     assert single.rank == 1 and torch.allclose(a, b)   # the one deviation of a single snapshot is 0: same draw
-    with_held = single.sample(1.0, cov=True, generator=torch.Generator().manual_seed(1))["w"]
+    with_held = single.sample(scale=1.0, cov=True, generator=torch.Generator().manual_seed(1))["w"]
     torch.testing.assert_close(with_held, b)          # k = columns held = 1: no low-rank term
 
 
@@ -147,12 +147,12 @@ def test_diagonal_posterior_keeps_the_moments_and_no_columns():
         torch.testing.assert_close(diag.mean()[n], full.mean()[n])
         torch.testing.assert_close(diag.variance()[n], full.variance()[n])
     assert diag.rank == 0 and diag.deviations().shape[0] == 0 and diag.nbytes() < full.nbytes()
-    a = diag.sample(0.5, cov=False, generator=torch.Generator().manual_seed(2))
-    b = full.sample(0.5, cov=False, generator=torch.Generator().manual_seed(2))
+    a = diag.sample(scale=0.5, cov=False, generator=torch.Generator().manual_seed(2))
+    b = full.sample(scale=0.5, cov=False, generator=torch.Generator().manual_seed(2))
     for n in a:
         torch.testing.assert_close(a[n], b[n])
     with pytest.raises(ValueError, match="diagonal"):
-        diag.sample(0.5, cov=True)
+        diag.sample(scale=0.5, cov=True)
 
 
 def test_state_round_trip_and_write(tmp_path):
@@ -164,8 +164,8 @@ def test_state_round_trip_and_write(tmp_path):
     back = SwagPosterior.load(tmp_path)
     assert back.num_snapshots == 5 and back.rank == 3
     torch.testing.assert_close(back.deviations(), post.deviations())
-    a = post.sample(0.5, generator=torch.Generator().manual_seed(9))
-    b = back.sample(0.5, generator=torch.Generator().manual_seed(9))
+    a = post.sample(scale=0.5, generator=torch.Generator().manual_seed(9))
+    b = back.sample(scale=0.5, generator=torch.Generator().manual_seed(9))
     for n in a:
         torch.testing.assert_close(a[n], b[n])
     # collecting after a reload continues the ring buffer exactly as before
@@ -204,7 +204,7 @@ def test_sample_in_place_equals_sample_then_write(scale, cov):
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     previous = None
     for _ in range(3):
-        SwagPosterior.write_(by_hand, post.sample(scale, cov=cov, generator=g1))
+        SwagPosterior.write_(by_hand, post.sample(scale=scale, cov=cov, generator=g1))
         post.sample_(in_place, scale, cov=cov, generator=g2)
         for n in by_hand:
             torch.testing.assert_close(in_place[n], by_hand[n].double())
@@ -244,3 +244,27 @@ def test_a_format_1_posterior_loads_with_its_variance(tmp_path):
     (tmp_path / "swag_posterior.json").write_text(json.dumps({**meta, "format_version": 1}))
     old = SwagPosterior.load(tmp_path)
     torch.testing.assert_close(old.variance()["w"], post.variance()["w"], rtol=1e-4, atol=1e-6)
+
+
+def test_every_posterior_shares_sample_n_generator_save_and_load(tmp_path):
+    """SwagPosterior, IvonPosterior and LoraAPosterior: sample(n, generator) gives n draws, the same under the same
+    seed, and again after save/load."""
+    from swag_lora.posteriors.ivon import IvonPosterior
+    from swag_lora.posteriors.lora_gaussian import LoraAPosterior
+    swag = SwagPosterior({"w": (4,)}, max_rank=3)
+    for x in torch.randn(5, 4, generator=torch.Generator().manual_seed(0)):
+        swag.collect({"w": x})
+    ivon = IvonPosterior({"w": (4,)}, torch.zeros(4), torch.full((4,), 0.5), ess=10.0, weight_decay=0.1)
+    lora = LoraAPosterior({"w": torch.zeros(2, 2)}, {"w": torch.ones(2, 2)})
+    for post, save, load in ((swag, lambda f: swag.save(f), SwagPosterior.load),
+                             (ivon, lambda f: ivon.save(f), IvonPosterior.load),
+                             (lora, lambda f: lora.save(f, "p"), lambda f: LoraAPosterior.load(f, "p"))):
+        folder = tmp_path / type(post).__name__
+        save(folder)
+        back = load(folder)
+        a, b = post.sample(3, torch.Generator().manual_seed(4)), back.sample(3, torch.Generator().manual_seed(4))
+        assert len(a) == 3 and not torch.equal(a[0]["w"], a[1]["w"])
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x["w"], y["w"])
+    with pytest.raises(TypeError, match="give the scale by name"):
+        swag.sample(0.5)

@@ -76,13 +76,16 @@ class IvonPosterior:
         return self._unflatten(self._mean)
 
     @torch.no_grad()
-    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """theta = m + z / sqrt(ess * (h + delta)), z ~ N(0, I)."""
-        z = torch.randn(self._mean.shape, generator=generator, device=self._mean.device)
-        return self._unflatten(self._mean + z * self.variance().sqrt())
+    def sample(self, n: int | None = None, generator: torch.Generator | None = None):
+        """theta = m + z / sqrt(ess * (h + delta)), z ~ N(0, I): one draw (name -> tensor) with n=None, else a list of
+        n (the posteriors' shared interface, `sample(n, generator)`)."""
+        std = self.variance().sqrt()
+        draws = [self._unflatten(self._mean + torch.randn(self._mean.shape, generator=generator, device=self._mean.device) * std)
+                 for _ in range(1 if n is None else n)]
+        return draws[0] if n is None else draws
 
     def sample_(self, target: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> None:
-        write_(target, self.sample(generator))
+        write_(target, self.sample(generator=generator))
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)

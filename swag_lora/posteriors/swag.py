@@ -9,6 +9,7 @@ and sampling are a handful of vector operations whatever the number of tensors.
     post = SwagPosterior.from_named_tensors(named, max_rank=20)
     post.collect(named)                       # one snapshot
     draw = post.sample(scale=0.5, cov=True, generator=g)   # name -> tensor; scale 0 gives the mean (SWA)
+    draws = post.sample(10, g, scale=0.5)                  # a list of 10 (every posterior: sample(n, generator))
     post.write_(named, draw)                  # copy a draw into the model's tensors, in place
     post.sample_(named, scale=0.5, generator=g)            # the same two steps in one, with no new tensors
 """
@@ -177,12 +178,15 @@ class SwagPosterior:
     @torch.no_grad()
     def sample(
         self,
+        n: int | None = None,
+        generator: torch.Generator | None = None,
+        *,
         scale: float = 0.5,
         cov: bool = True,
-        generator: torch.Generator | None = None,
         k: int | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Draw theta = mu + sqrt(scale) * (sigma * z1 + D^T z2 / sqrt(K - 1)) over the D columns held.
+    ):
+        """Draw theta = mu + sqrt(scale) * (sigma * z1 + D^T z2 / sqrt(K - 1)) over the D columns held: one draw (name ->
+        tensor) with n=None, else a list of n (the posteriors' shared interface, `sample(n, generator)`).
 
         scale=0 returns the mean (SWA); scale=0.5 is the SWAG paper's formula.  K is `k`: None counts the
         columns held (this project's choice, `method.swag_k_held=true`); the original divides by
@@ -190,9 +194,15 @@ class SwagPosterior:
         a column and K >= 2.  The generator must live on the posterior's device; z1 and z2 are drawn from it
         in that order (reproducible by seed and device type).
         """
-        theta = torch.empty_like(self._mean)
-        self._draw_into(theta, scale, cov, generator, k)
-        return self._unflatten(theta)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+            raise TypeError(f"SwagPosterior.sample(n, generator, scale=...): n={n!r} is not a number of draws; give the "
+                            f"scale by name (scale={n!r})")
+        draws = []
+        for _ in range(1 if n is None else n):
+            theta = torch.empty_like(self._mean)
+            self._draw_into(theta, scale, cov, generator, k)
+            draws.append(self._unflatten(theta))
+        return draws[0] if n is None else draws
 
     @torch.no_grad()
     def sample_(

@@ -1,7 +1,8 @@
-"""Weight draws -> probabilities.  One draw is a weight setting of the model: the MAP weights, a dropout
-pass, a SWAG sample, an ensemble member.  Each draw costs one forward pass over the split; features are
-tokenised once and batches are length-sorted.  SWAG samples are written into the model's tensors in
-place (only the SWAG'd tensors are saved and restored -- no model copies).
+"""Weight draws -> probabilities.  A draw is one weight setting of the model -- as it is (MAP), a dropout pass, a
+sample written into some of its tensors (SWAG, Laplace, IVON, BLoB, TFB) -- and `score` turns an iterable of draws
+into S x N x C probabilities, one forward pass over the split each; features are tokenised once and batches are
+length-sorted.  Samples are written into the model's tensors in place (only those tensors are saved and restored --
+no model copies).
 """
 from __future__ import annotations
 
@@ -109,69 +110,99 @@ def swapped(named: dict[str, torch.Tensor], model=None) -> Iterator[None]:
         write_(named, saved)
 
 
-def draw_probs(
-    model,
-    feats: list[dict],
-    collator,
-    batch_size: int,
-    method: str,
-    *,
-    posterior: SwagPosterior | None = None,
-    named: dict[str, torch.Tensor] | None = None,
-    num_samples: int = 1,
-    scale: float = 0.5,
-    cov: bool = True,
-    k: int | None = None,
-    seed: int = 0,
-    accelerator=None,
-    sort_by_length: bool = True,
-    samples: list[dict[str, torch.Tensor]] | None = None,
-    dropout_scope: str = "modules",
-) -> np.ndarray:
-    """S x N x C probabilities of one model under `method`:
-    base (1 draw, dropout off), dropout (S passes, dropout on: `dropout_scope`, see `dropout_on`), swag (S posterior samples; scale 0 = SWA;
-    `k` as in `SwagPosterior.sample`), weights (the given `samples` of the `named` tensors, e.g. Laplace's or
-    IVON's).  When the sampled tensors are the model's head alone, every batch takes one backbone pass and the
-    S samples only re-run the head on its features (`head_probs`): the same draws for a fraction of the cost."""
+class AsIs(contextlib.AbstractContextManager):
+    """The model's weights as they are, dropout off: the MAP draw."""
+
+    def __exit__(self, *exc):
+        return None
+
+
+class DropoutPass(contextlib.AbstractContextManager):
+    """One MC-dropout pass: dropout on (`scope`, see `dropout_on`), the dropout stream seeded by `seed`."""
+
+    def __init__(self, model, scope: str, seed: int):
+        self.model, self.scope, self.seed = model, scope, seed
+
+    def __enter__(self):
+        self._on = dropout_on(self.model, self.scope)
+        self._on.__enter__()
+        torch.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        return self._on.__exit__(*exc)
+
+
+class Written(contextlib.AbstractContextManager):
+    """Given values written into the `named` tensors (a Laplace, IVON, BLoB or TFB sample; a SWAG sample drawn
+    beforehand); `score` restores the tensors once, after the last draw."""
+
+    def __init__(self, named: dict[str, torch.Tensor], values: dict[str, torch.Tensor]):
+        self.named, self.values = named, values
+
+    def __enter__(self):
+        write_(self.named, self.values)
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+class SwagSample(contextlib.AbstractContextManager):
+    """A fresh SWAG sample written straight into the `named` tensors (no new tensors: `SwagPosterior.sample_`)."""
+
+    def __init__(self, posterior: SwagPosterior, named: dict, scale: float, cov: bool, k: int | None, generator):
+        self.posterior, self.named, self.scale, self.cov, self.k, self.generator = posterior, named, scale, cov, k, generator
+
+    def __enter__(self):
+        self.posterior.sample_(self.named, self.scale, cov=self.cov, generator=self.generator, k=self.k)
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def written(named: dict, samples) -> list[Written]:
+    """One `Written` draw per sample (name -> tensor dicts)."""
+    return [Written(named, values) for values in samples]
+
+
+def dropout_passes(model, num_samples: int, seed: int, scope: str = "modules") -> list[DropoutPass]:
+    return [DropoutPass(model, scope, seed + s) for s in range(num_samples)]
+
+
+def swag_samples(posterior: SwagPosterior, named: dict, num_samples: int, scale: float, cov: bool = True,
+                 k: int | None = None, seed: int = 0) -> list:
+    """S SWAG draws from one generator seeded by `seed` (scale 0: the mean once, SWA); drawn as the passes run, or up
+    front (`Written`) when the model's head alone is sampled, so that the head-only path can use them."""
+    gen = torch.Generator(device=posterior._mean.device).manual_seed(seed)
+    n = 1 if scale == 0 else num_samples
+    return [SwagSample(posterior, named, scale, cov, k, gen) for _ in range(n)]
+
+
+def score(model, feats: list[dict], collator, batch_size: int, draws, *, restore: dict | None = None,
+          accelerator=None, sort_by_length: bool = True) -> np.ndarray:
+    """S x N x C probabilities of one model under each of `draws` (weight settings: `AsIs`, `DropoutPass`, `Written`,
+    `SwagSample`), one forward pass over the (once collated, length-sorted) batches per draw.  The `restore` tensors
+    are put back afterwards.  When every draw writes the model's head alone, every batch takes one backbone pass and
+    the S draws only re-run the head on its features (`head_probs`): the same numbers for a fraction of the cost."""
     device = accelerator.device if accelerator else next(model.parameters()).device
     prepared = prepare_batches(feats, collator, batch_size, accelerator, sort_by_length, device)
-    run = lambda: predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator)  # noqa: E731
+    draws = list(draws)
     model.eval()
-    if method == "base":
-        return run()[None]
-    if method == "dropout":
-        out = []
-        with dropout_on(model, dropout_scope):
-            for s in range(num_samples):
-                torch.manual_seed(seed + s)
-                out.append(run())
-        return np.stack(out)
-    if method == "swag":
-        if posterior is None or named is None:
-            raise ValueError("swag draws need the posterior and the model's SWAG'd tensors")
-        device = posterior._mean.device
-        gen = torch.Generator(device=device).manual_seed(seed)
-        if head_only(model, named):
-            samples = [posterior.sample(scale, cov, generator=gen, k=k) for _ in range(1 if scale == 0 else num_samples)]
-            return head_probs(model, prepared, len(feats), collator.num_choices, named, samples, accelerator)
-        out = []
-        with swapped(named, model):
-            for _ in range(1 if scale == 0 else num_samples):
-                reshard(model)      # FSDP2: compute with the written shards, not a stale gathered copy
-                posterior.sample_(named, scale, cov=cov, generator=gen, k=k)
-                out.append(run())
-        return np.stack(out)
-    if method == "weights":
-        if head_only(model, named):
-            return head_probs(model, prepared, len(feats), collator.num_choices, named, samples, accelerator)
-        out = []
-        with swapped(named, model):
-            for values in samples:
-                reshard(model)
-                write_(named, values)
-                out.append(run())
-        return np.stack(out)
-    raise ValueError(f"unknown draw method {method!r}; allowed: base, dropout, swag, weights")
+    if draws and all(isinstance(d, SwagSample) for d in draws) and head_only(model, draws[0].named):
+        d = draws[0]
+        draws = written(d.named, d.posterior.sample(len(draws), d.generator, scale=d.scale, cov=d.cov, k=d.k))
+    if draws and all(isinstance(d, Written) for d in draws) and head_only(model, draws[0].named):
+        return head_probs(model, prepared, len(feats), collator.num_choices, draws[0].named, [d.values for d in draws],
+                          accelerator)
+    out = []
+    with swapped(restore, model) if restore else contextlib.nullcontext():
+        for draw in draws:
+            reshard(model)      # FSDP2: compute with the written shards, not a stale gathered copy
+            with draw:
+                out.append(predict_prepared(model, prepared, len(feats), collator.num_choices, accelerator))
+    return np.stack(out)
 
 
 def head_only(model, named: dict | None) -> bool:

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from swag_lora import metrics
-from swag_lora.config import (TABLE_METHODS, ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig,
-                              find_run_dir, go_offline, load_run_config, ood_task_list)
+from swag_lora.config import (ConfigError, DataOverrides, EvalConfig, EvaluationConfig, RunConfig, check_task,
+                              find_run_dir, load_run_config, ood_task_list)
 from swag_lora.data import DataSource, get_task
 from swag_lora.data.tasks import label_alignment
 from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.model import load_model, swag_tensors
-from swag_lora.predict.methods import Batches, Method, make_method
+from swag_lora.predict.methods import METHODS, TABLE_METHODS, Batches, Method, make_method
 from swag_lora.predict.temperature import apply_temperature, fit_temperature
 from swag_lora.errors import CorruptFile
-from swag_lora.sources import check_model_folder, model_source
+from swag_lora.sources import check_model_folder, go_offline, model_source
 from swag_lora.report import write_evaluation
 from swag_lora.report.records import record_name
 from swag_lora.report.stats import majority_rate
@@ -37,10 +37,11 @@ class LoadedRun:
     named: dict = field(default_factory=dict)   # the tensors a posterior covers
 
 
-def load_run(directory: Path, device=None, offline: bool | None = None, model_path: str | None = None) -> LoadedRun:
-    """Rebuild the run's model from its config.yaml.  `offline` / `model_path` override the run's own settings
-    (a run evaluated on another machine)."""
-    config = load_run_config(directory)
+def load_run(directory: Path, device=None, offline: bool | None = None, model_path: str | None = None,
+             config: RunConfig | None = None) -> LoadedRun:
+    """Rebuild the run's model from its config.yaml (or its `config`, already read).  `offline` / `model_path`
+    override the run's own settings (a run evaluated on another machine)."""
+    config = config or load_run_config(directory)
     exp = config.experiment
     tokenizer, model = load_model(config.model, exp, get_task(exp.task), exp.offline if offline is None else offline,
                                   model_path or exp.model_path)
@@ -84,7 +85,7 @@ class Plan:
     def record_names(self) -> list[str]:
         """The file names (without suffix) the evaluation writes, one per target split."""
         label = self.method.label()
-        return [record_name(label, self.method.settings(), len(self.paths), self.temperature_scaling
+        return [record_name(label, self.method.name_parts(), len(self.paths), self.temperature_scaling
                             and self.method.key != "temperature", dist, task, subtask, split)
                 for dist, task, subtask, split in self.targets]
 
@@ -116,10 +117,49 @@ class Plan:
                                   f"another evaluation.output_dir")
 
 
-def resolve_plan(cfg: EvalConfig) -> Plan:
-    """The evaluation's settings where given, the (first) run's otherwise."""
+def validate_eval(cfg: EvalConfig) -> None:
+    """The evaluation's checks that need the method registry (the per-field ones ran in parse_eval)."""
     evaluation, overrides = cfg.evaluation, cfg.experiment
-    many = make_method(evaluation).members == "several"
+    if evaluation.eval_method not in METHODS:
+        fail(f"unknown evaluation.eval_method {evaluation.eval_method!r}; allowed: {', '.join(METHODS)}")
+    if METHODS[evaluation.eval_method].members == "several":
+        if len(evaluation.eval_model_paths) < 2:
+            fail(f"evaluation.eval_method={evaluation.eval_method} needs at least 2 runs in evaluation.eval_model_paths "
+                  f"(got {len(evaluation.eval_model_paths)})")
+        paths = list(evaluation.eval_model_paths)
+    else:
+        if not evaluation.eval_model_path:
+            fail("evaluation.eval_model_path is empty; allowed: a run directory (holding config.yaml)")
+        paths = [evaluation.eval_model_path]
+    for p in paths:
+        if find_run_dir(p) is None:
+            fail(f"evaluation model path {p!r} is not a swag-lora run directory (no config.yaml in it or above it)")
+    if overrides.task:
+        check_task(overrides, "task", "subtask")
+    if overrides.ood_task:
+        check_task(overrides, "ood_task", "ood_subtask")
+    if overrides.ood_tasks is not None:
+        if overrides.ood_task is not None:
+            fail(f"experiment.ood_tasks={list(overrides.ood_tasks)} and experiment.ood_task={overrides.ood_task!r} "
+                  f"both given; allowed: one of them")
+        for task, subtask in ood_task_list(overrides):   # named as the list entry, not as experiment.ood_task
+            entry = f"{task}/{subtask}" if subtask else task
+            check_task(DataOverrides(ood_task=task, ood_subtask=subtask), "ood_task", "ood_subtask",
+                       names=("task", "subtask"), prefix=f"experiment.ood_tasks entry {entry!r}: ")
+    if evaluation.only_ood and (overrides.ood_task == "" or overrides.ood_tasks == []):
+        fail("evaluation.only_ood=true but experiment.ood_task is empty")
+
+
+def fail(msg: str):
+    raise ConfigError(msg)
+
+
+def resolve_plan(cfg: EvalConfig) -> Plan:
+    """The evaluation's settings where given, the (first) run's otherwise; every check that needs the method registry
+    or the runs' own configs (each run's config.yaml is read here, once)."""
+    validate_eval(cfg)
+    evaluation, overrides = cfg.evaluation, cfg.experiment
+    many = METHODS[evaluation.eval_method].members == "several"
     paths = [find_run_dir(p) for p in (evaluation.eval_model_paths if many else [evaluation.eval_model_path])]
     if len(set(paths)) != len(paths):
         twice = next(p for p in paths if paths.count(p) > 1)
@@ -178,7 +218,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
         accelerator = Accelerator()
     if runs is None:        # one model, every member's adapter loaded into it in turn
         first = load_run(plan.paths[0], device=accelerator.device if accelerator else None, offline=plan.offline,
-                         model_path=plan.model_path)
+                         model_path=plan.model_path, config=plan.configs[0])
         runs = [first] + [replace(first, directory=p, config=c) for p, c in zip(plan.paths[1:], plan.configs[1:])]
     method = plan.method
 
@@ -199,7 +239,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
         temperature, temperature_source = fit_temperature(vdraws, vlabels), vinfo["split_source"]
 
     results, id_draws = [], None
-    for dist, task, subtask, split in plan.targets:
+    for (dist, task, subtask, split), name in zip(plan.targets, plan.record_names()):
         draws, labels, info = bma_draws(task, subtask, split, dist)
         if temperature is not None:
             draws = apply_temperature(draws, temperature)
@@ -221,7 +261,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
             "checkpoints": [str(r.directory / method.checkpoint) for r in runs],
             "train_seeds": [r.config.experiment.seed for r in runs], "metrics": scores,
             "chance_accuracy": majority_rate(labels), "order": method.order, "run_settings": run_settings(runs[0]),
-            "evaluation_key": json.loads(json.dumps(plan.identity(), default=str)),
+            "evaluation_key": json.loads(json.dumps(plan.identity(), default=str)), "name": name,
         }
         if accelerator is None or accelerator.is_main_process:
             write_evaluation(record, draws.mean(0), labels, plan.output_dir, ece_bins=plan.ece_bins)

@@ -15,7 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from swag_lora.config import NO_LOGLIK_HEAD, ConfigError, EvaluationConfig, RunConfig, SwagConfig
+from swag_lora.config import ConfigError, EvaluationConfig, RunConfig, SwagConfig
+from swag_lora.config.schema import NO_LOGLIK_HEAD
 from swag_lora.io import atomic_write
 from swag_lora.posteriors.ivon import IvonPosterior
 from swag_lora import metrics as M
@@ -23,7 +24,8 @@ from swag_lora.posteriors.laplace import LoraLaplace
 from swag_lora.posteriors.lora_gaussian import LoraAPosterior
 from swag_lora.posteriors.tfb import search_scale, tfb_posterior
 from swag_lora.posteriors.swag import SwagPosterior
-from swag_lora.predict.draws import draw_probs, gather_rows, prepare_batches
+from swag_lora.predict.draws import (AsIs, dropout_passes, gather_rows, prepare_batches, score, swag_samples,
+                                     written)
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -51,6 +53,7 @@ class Method:
     members: ClassVar[str] = "one"             # one run, or "several" (ensemble-like)
     sampled: ClassVar[bool] = False            # evaluation.num_samples draws per member
     order: ClassVar[int] = 50                  # where the report lists it (MAP first, ensembles last)
+    table: ClassVar[dict[str, dict]] = {}      # its names in evaluation.table_methods (the closing table) -> overrides
 
     def __init__(self, evaluation: EvaluationConfig):
         self.evaluation = evaluation
@@ -75,6 +78,11 @@ class Method:
         """What changes the predictive distribution (the report keeps rows with different settings apart)."""
         return {"num_samples": self.evaluation.num_samples if self.sampled else 1}
 
+    def name_parts(self) -> list[str]:
+        """What the evaluation's file name says after the label: the draws per member (and the method's own)."""
+        samples = self.settings()["num_samples"]
+        return [f"s{samples}"] if samples > 1 else []
+
     def check(self, runs: list[RunConfig], paths: list) -> None:
         """One-line errors before any model loads."""
         for path in paths:
@@ -91,6 +99,7 @@ class Method:
 class MAP(Method):
     """The lowest-validation-loss adapter, dropout off: one draw."""
     key = "base"
+    table = {"map": {}}
     order = 0
 
     def label(self) -> str:      # the report's name: base is "map"; the subclasses go by their key
@@ -98,22 +107,24 @@ class MAP(Method):
 
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
-        return draw_probs(run.model, data.features, data.collator, data.batch_size, "base",
-                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+        return score(run.model, data.features, data.collator, data.batch_size, [AsIs()],
+                     sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 @register
 class Dropout(MAP):
     """MC dropout: the MAP adapter with dropout on, S passes."""
     key = "dropout"
+    table = {"dropout": {}}
     order = 2
     sampled = True
 
     def draws(self, run, member, data):
         run.model.load_adapter(run.directory / "base_model")
-        return draw_probs(run.model, data.features, data.collator, data.batch_size, "dropout",
-                          num_samples=self.evaluation.num_samples, seed=self.evaluation.seed, sort_by_length=self.evaluation.sort_by_length,
-                          accelerator=data.accelerator, dropout_scope=self.evaluation.dropout_scope)
+        e = self.evaluation
+        return score(run.model, data.features, data.collator, data.batch_size,
+                     dropout_passes(run.model, e.num_samples, e.seed, e.dropout_scope), sort_by_length=e.sort_by_length,
+                     accelerator=data.accelerator)
 
     def settings(self) -> dict:
         return {**super().settings(), "dropout_scope": self.evaluation.dropout_scope}
@@ -123,6 +134,7 @@ class Dropout(MAP):
 class Swag(Method):
     """SWAG: S samples from the run's posterior written into the model (scale 0: SWA, the posterior mean)."""
     key = "swag"
+    table = {"swag": {}, "swa": {"swag_sample_scale": 0.0, "num_samples": 1}}
     order = 3
     checkpoint = "swag_model"
     sampled = True
@@ -133,8 +145,14 @@ class Swag(Method):
         return ("ll-" if self.head else "") + ("swa" if self.evaluation.swag_sample_scale == 0 else "swag")
 
     def settings(self) -> dict:
-        return {"num_samples": self.evaluation.num_samples, "swag_sample_scale": self.evaluation.swag_sample_scale,
-                "swag_cov_mat": self.evaluation.swag_cov_mat}
+        e = self.evaluation
+        return {"num_samples": 1 if e.swag_sample_scale == 0 else e.num_samples, "swag_sample_scale": e.swag_sample_scale,
+                "swag_cov_mat": e.swag_cov_mat}
+
+    def name_parts(self) -> list[str]:
+        e = self.evaluation
+        parts = super().name_parts()
+        return parts + [f"scale{e.swag_sample_scale:g}" + ("" if e.swag_cov_mat else "_diag")] if parts else parts
 
     def check(self, runs, paths):
         super().check(runs, paths)
@@ -151,16 +169,17 @@ class Swag(Method):
         run.model.load_adapter(run.directory / "swag_model")
         post = SwagPosterior.load(run.directory / "swag_model", device=next(run.model.parameters()).device)
         k = None if run.config.method.swag_k_held else post.max_rank   # the original: K = swag_max_num_models
-        return draw_probs(run.model, data.features, data.collator, data.batch_size, "swag", posterior=post,
-                          named=run.named, num_samples=self.evaluation.num_samples, scale=self.evaluation.swag_sample_scale,
-                          cov=self.evaluation.swag_cov_mat, k=k, seed=self.evaluation.seed + 1000 * member,
-                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+        e = self.evaluation
+        draws = swag_samples(post, run.named, e.num_samples, e.swag_sample_scale, e.swag_cov_mat, k, e.seed + 1000 * member)
+        return score(run.model, data.features, data.collator, data.batch_size, draws, restore=run.named,
+                     sort_by_length=e.sort_by_length, accelerator=data.accelerator)
 
 
 @register
 class Ensemble(MAP):
     """Deep ensemble: the MAP adapters of several runs, one draw each."""
     key = "ensemble"
+    table = {}
     order = 20
     members = "several"
 
@@ -169,6 +188,7 @@ class Ensemble(MAP):
 class MultiSwag(Swag):
     """MultiSWAG: S samples from each of several runs' posteriors (scale 0: MultiSWA)."""
     key = "multiswag"
+    table = {}
     order = 21
     members = "several"
 
@@ -186,6 +206,7 @@ class MultiSwag(Swag):
 class Temperature(MAP):
     """MAP with a temperature fitted on validation rows (the same as base with evaluation.temperature_scaling)."""
     key = "temperature"
+    table = {"temperature": {}}
     order = 1
 
 
@@ -195,6 +216,7 @@ class Laplace(Method):
     (`head`: last-layer Laplace, its samples and Jacobians on features of one backbone pass); KFAC or diagonal GGN,
     the prior precision by marginal likelihood (laplace-torch); fitted once per run, kept in laplace_model/."""
     key = "laplace"
+    table = {"laplace": {"laplace_subset": "all"}, "ll-laplace": {"laplace_subset": "head"}}
     order = 10
     sampled = True
 
@@ -208,6 +230,9 @@ class Laplace(Method):
                 "laplace_predictive": e.laplace_predictive,
                 **({"laplace_batch_size": e.laplace_batch_size} if e.laplace_batch_size else {}),   # set: it changes the fit
                 **({"laplace_prior": e.laplace_prior} if e.laplace_prior != "marglik" else {})}
+
+    def name_parts(self) -> list[str]:
+        return super().name_parts() + [f"{self.evaluation.laplace_hessian}_{self.evaluation.laplace_predictive}"]
 
     def check(self, runs, paths):
         super().check(runs, paths)
@@ -291,9 +316,9 @@ class Laplace(Method):
         post, named = self.posterior(run, data)
         generator = torch.Generator().manual_seed(e.seed + 1000 * member)
         if e.laplace_predictive == "nn_mc":
-            return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights", named=named,
-                              samples=post.sample(e.num_samples, generator), sort_by_length=e.sort_by_length,
-                              accelerator=data.accelerator)
+            return score(run.model, data.features, data.collator, data.batch_size,
+                         written(named, post.sample(e.num_samples, generator)), restore=named,
+                         sort_by_length=e.sort_by_length, accelerator=data.accelerator)
         return self.linearised(run.model, post, named, data, generator)
 
     def linearised(self, model, post: LoraLaplace, named: dict, data: Batches, generator) -> np.ndarray:
@@ -321,6 +346,7 @@ class Laplace(Method):
 class Ivon(Method):
     """IVON: S samples from the variational posterior its optimizer ended with (ivon_model/), written into the model."""
     key = "ivon"
+    table = {"ivon": {}}
     order = 12
     checkpoint = "ivon_model"
     sampled = True
@@ -330,10 +356,10 @@ class Ivon(Method):
         run.model.load_adapter(run.directory / "ivon_model")
         post = IvonPosterior.load(run.directory / "ivon_model", device=next(run.model.parameters()).device)
         generator = torch.Generator(device=next(run.model.parameters()).device).manual_seed(self.evaluation.seed + 1000 * member)
-        samples = [post.sample(generator) for _ in range(self.evaluation.num_samples)]
-        return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights",
-                          named={n: t for n, t in run.model.trainable_state().items() if n in post.shapes},
-                          samples=samples, sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+        samples = post.sample(self.evaluation.num_samples, generator)
+        named = {n: t for n, t in run.model.trainable_state().items() if n in post.shapes}
+        return score(run.model, data.features, data.collator, data.batch_size, written(named, samples), restore=named,
+                     sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 @register
@@ -341,6 +367,7 @@ class Blob(Method):
     """BLoB: S weight samples of LoRA's A matrices from the variational posterior a BLoB run ended with (blob_model/),
     written into the model; `evaluation.blob_mean`: its mean alone (BLoB-Mean), one draw."""
     key = "blob"
+    table = {"blob": {}}
     order = 13
     checkpoint = "blob_model"
     sampled = True
@@ -357,8 +384,8 @@ class Blob(Method):
         e = self.evaluation
         run.model.load_adapter(run.directory / "blob_model")
         if e.blob_mean:
-            return draw_probs(run.model, data.features, data.collator, data.batch_size, "base",
-                              sort_by_length=e.sort_by_length, accelerator=data.accelerator)
+            return score(run.model, data.features, data.collator, data.batch_size, [AsIs()],
+                         sort_by_length=e.sort_by_length, accelerator=data.accelerator)
         post = LoraAPosterior.load(run.directory / "blob_model", "blob_posterior")
         return self.sampled_draws(run, post, data, torch.Generator().manual_seed(e.seed + 1000 * member))
 
@@ -367,15 +394,16 @@ class Blob(Method):
         named = {n: t for n, t in run.model.trainable_state().items() if n in post.means}
         if set(named) != set(post.means):
             raise ConfigError(f"{run.directory}: the posterior covers LoRA tensors this model does not have")
-        return draw_probs(run.model, data.features, data.collator, data.batch_size, "weights", named=named,
-                          samples=post.sample(self.evaluation.num_samples, generator, scale=scale),
-                          sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
+        return score(run.model, data.features, data.collator, data.batch_size,
+                     written(named, post.sample(self.evaluation.num_samples, generator, scale=scale)), restore=named,
+                     sort_by_length=self.evaluation.sort_by_length, accelerator=data.accelerator)
 
 
 @register
 class MultiBlob(Blob):
     """An ensemble of BLoB runs: S samples from each run's posterior."""
     key = "multiblob"
+    table = {}
     order = 22
     members = "several"
 
@@ -386,6 +414,7 @@ class Tfb(Blob):
     scale whose validation NLL (or accuracy) stays within evaluation.tfb_tolerance of the MAP's; the scale is searched
     once per run and kept in tfb_model/."""
     key = "tfb"
+    table = {"tfb": {}}
     order = 14
     checkpoint = "base_model"
 
@@ -450,6 +479,10 @@ def check_members(runs: list[RunConfig], method: str) -> None:
         for name, value in key(r).items():
             if value != first[name]:
                 raise ConfigError(f"{method} members disagree on {name}: {first[name]!r} (member 0) vs {value!r} (member {i})")
+
+
+TABLE_METHODS = {name: (cls.key, overrides, cls.checkpoint)    # evaluation.table_methods entry -> (key, overrides, folder)
+                 for cls in METHODS.values() for name, overrides in cls.table.items()}
 
 
 def make_method(evaluation: EvaluationConfig) -> Method:

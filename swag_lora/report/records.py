@@ -18,30 +18,12 @@ class ReportError(UserError):
     """A record or report input that cannot be used: the message is one line for the user."""
 
 
-def record_name(label: str, settings: dict, members: int, temperature: bool, dist: str, task: str, subtask: str,
+def record_name(label: str, parts: list[str], members: int, temperature: bool, dist: str, task: str, subtask: str,
                 split: str) -> str:
-    """An evaluation's file name: the method's label, its draws per member (and SWAG scale, Laplace's Hessian and
-    predictive), _ts with temperature scaling, _m<members>, then the split."""
-    extra = ""
-    if settings.get("num_samples", 1) > 1 and label.replace("+ts", "") not in ("swa", "multiswa", "ll-swa"):
-        extra = f"_s{settings['num_samples']}"
-        if settings.get("swag_sample_scale") is not None:
-            extra += f"_scale{settings['swag_sample_scale']:g}" + ("" if settings.get("swag_cov_mat") else "_diag")
-    if settings.get("laplace_hessian"):
-        extra += f"_{settings['laplace_hessian']}_{settings['laplace_predictive']}"
-    if temperature:
-        extra += "_ts"
-    if members > 1:
-        extra += f"_m{members}"
+    """An evaluation's file name: the method's label and name parts (its draws per member, its own settings; the
+    method supplies them), _ts with temperature scaling, _m<members>, then the split."""
+    extra = "".join(f"_{p}" for p in parts) + ("_ts" if temperature else "") + (f"_m{members}" if members > 1 else "")
     return f"{label.replace('+ts', '')}{extra}_{dist}_{task}{f'_{subtask}' if subtask else ''}_{split}"
-
-
-def eval_name(record: dict) -> str:
-    s = record["settings"]
-    return record_name(record["label"], {**s, "num_samples": s["num_draws"] // max(s["num_members"], 1)
-                                         if s.get("num_samples", 1) > 1 else 1},
-                       s.get("num_members", 1), s.get("temperature") is not None and record["method"] != "temperature",
-                       record["distribution"], record["task"], record["subtask"], record["split"])
 
 
 def finite_or_null(value):
@@ -56,11 +38,11 @@ def finite_or_null(value):
 
 
 def write_evaluation(record: dict, probs: np.ndarray, labels: np.ndarray, out_dir: Path, ece_bins: int = 15) -> Path:
-    """`<name>.json` (metrics and settings), `<name>.npz` (probs N x C, labels N), `<name>.png`."""
+    """`<name>.json` (metrics and settings), `<name>.npz` (probs N x C, labels N), `<name>.png`; the name is the
+    record's own (`record_name`, from its method)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = eval_name(record)
-    record["name"] = name
+    name = record["name"]
     with atomic_write(out_dir / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(finite_or_null(record), indent=1, allow_nan=False))
     with atomic_write(out_dir / f"{name}.npz") as tmp:

@@ -14,14 +14,14 @@ from omegaconf import open_dict
 from tqdm.auto import tqdm
 
 from swag_lora import metrics
-from swag_lora.config import ConfigError, RunConfig, go_offline, run_dir
+from swag_lora.config import ConfigError, RunConfig, run_dir
 from swag_lora.data import DataSource, get_task
 from swag_lora.data.encode import Encoding, labels_of
 from swag_lora.distributed import refuse_untested_backends
 from swag_lora.errors import TrainingDiverged
 from swag_lora.model import build_model, load_tokenizer, model_arch
-from swag_lora.sources import data_identity, model_identity, model_source
-from swag_lora.predict import draw_probs
+from swag_lora.sources import data_identity, go_offline, model_identity, model_source
+from swag_lora.predict.draws import AsIs, score, swag_samples
 from swag_lora.train.checkpoint import Checkpointer
 from swag_lora.train.collector import BestAdapter
 from swag_lora.train.methods import save_adapter, training_method
@@ -281,14 +281,14 @@ def check_truncation(features: list[dict], max_length: int, accelerator) -> None
 def validate(run: RunConfig, model, data: TrainingData, collector, accelerator) -> dict:
     """Validation loss (mean cross-entropy) of the current weights and, after an epoch that collected, of SWA."""
     batch, feats, labels = run.experiment.eval_batch_size, data.features["validation"], data.labels["validation"]
-    probs = draw_probs(model, feats, data.collator, batch, "base", accelerator=accelerator)[0]
+    probs = score(model, feats, data.collator, batch, [AsIs()], accelerator=accelerator)[0]
     loss = metrics.nll(probs, labels)
     row = {"val_loss": loss, "val_accuracy": metrics.accuracy(probs, labels), "val_nll": loss,
            "val_ece": metrics.expected_calibration_error(probs, labels)}
     if collector and collector.collected_this_epoch:
         t = time.time()
-        swa = draw_probs(model, feats, data.collator, batch, "swag", posterior=collector.posterior, named=collector.named,
-                         scale=0.0, accelerator=accelerator)[0]
+        swa = score(model, feats, data.collator, batch, swag_samples(collector.posterior, collector.named, 1, 0.0),
+                    restore=collector.named, accelerator=accelerator)[0]
         swa_loss = metrics.nll(swa, labels)
         row.update({"swa_val_loss": swa_loss, "swa_val_accuracy": metrics.accuracy(swa, labels), "swa_val_nll": swa_loss,
                     "swa_val_ece": metrics.expected_calibration_error(swa, labels),
