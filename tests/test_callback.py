@@ -1,5 +1,5 @@
 """SWAG as a library for any transformers.Trainer: SwagCallback collects what the loop's collector collects, and the
-README's example runs as written."""
+docs/library.md's example runs as written."""
 import re
 
 import numpy as np
@@ -61,12 +61,12 @@ def test_callback_posterior_is_none_before_the_first_collection():
 
 
 @pytest.mark.slow
-def test_readme_trainer_example_runs_as_written(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    code = re.search(r"<!-- trainer-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+def test_the_library_example_runs_as_written(tmp_path, monkeypatch):
+    doc = (REPO / "docs" / "library.md").read_text()
+    code = re.search(r"<!-- trainer-example -->\n```python\n(.*?)```", doc, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/library.md", "exec"), scope)
     assert (tmp_path / "swag" / "swag_posterior.safetensors").is_file()
     bma = scope["bma"]
     assert bma.shape == (2, 2) and torch.allclose(bma.sum(-1), torch.ones(2), atol=1e-5)
