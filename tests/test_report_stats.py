@@ -128,3 +128,26 @@ def test_single_values_are_drawn_without_error_bars(monkeypatch, tmp_path):
     errorbars = [c for c in ax.containers if c.__class__.__name__ == "ErrorbarContainer"]
     assert len(errorbars) == 1                      # MAP's; the n = 1 bar has none (not a zero-width one)
     assert ax.patches[1].get_hatch() == "//"
+
+
+def test_the_sentences_a_table_supports_come_from_its_marks_alone(tmp_path):
+    from swag_lora.report.tables import condensed, marks, write_csv, write_results
+    records = [rec("map", s, 1.0, accuracy=0.9) for s in range(3)]
+    records += [rec("swag", s, 1.0 + d, accuracy=0.9) for s, d in enumerate((-0.10, -0.11, -0.12))]   # excludes 0
+    records += [rec("dropout", s, 1.0 + d, accuracy=0.9) for s, d in enumerate((-0.10, -0.12, -0.03))]  # does not
+    records += [rec("map", s, 1.0, accuracy=0.26, dist="ood") for s in range(3)]                      # at chance
+    records += [rec("swag", s, 0.5, accuracy=0.26, dist="ood") for s in range(3)]
+    write_csv(aggregate(records, ("nll", "accuracy")), ("nll", "accuracy"), tmp_path / "r.csv")
+    text = marks(str(tmp_path / "r.csv"), ["nll", "accuracy"])
+    id_line, ood_line = text.splitlines()
+    assert "nll: better than MAP swag -0.1100" in id_line and "dropout" not in id_line.split("lowest")[0]
+    assert "lowest NLL: swag" in id_line
+    assert "not above chance" in ood_line and "swag" not in ood_line
+    table = condensed(str(tmp_path / "r.csv"), ["nll", "accuracy"])
+    assert "**-0.1100" in table and "no method comparison" in table
+    md = tmp_path / "R.md"
+    md.write_text(f"x\n<!-- table: {tmp_path / 'r.csv'} nll,accuracy -->\nold\n<!-- /table -->\n"
+                  f"<!-- marks: {tmp_path / 'r.csv'} nll,accuracy -->\nold\n<!-- /marks -->\ny\n")
+    write_results(str(md))
+    out = md.read_text()
+    assert "old" not in out and out.startswith("x\n") and out.endswith("y\n") and "lowest NLL: swag" in out

@@ -307,6 +307,72 @@ def condensed(csv_path: str, metrics: list[str], deltas: list[str] | None = None
     return "\n".join(out)
 
 
+LOWER_IS_BETTER = ("nll", "ece", "ece_10", "ece_20", "brier")
+
+
+def marks(csv_path: str, metrics: list[str]) -> str:
+    """The sentences a table supports, derived from its marks alone: per split above chance, the methods whose paired
+    95% interval vs MAP excludes 0, better or worse, per metric; and the lowest-NLL method with its interval.  A split
+    at chance says so and nothing else."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            groups[(row["distribution"], row["task"])].append(row)
+    out = []
+    for (dist, task), rows in groups.items():
+        head = f"- {dist.upper()} {task}: "
+        if rows[0]["above_chance"] == "False":
+            out.append(head + f"MAP {_number(rows[0]['map_accuracy']):.3f} is not above chance ({_number(rows[0]['chance']):.3f}, "
+                       f"bound {_number(rows[0]['chance_bound']):.3f}): no comparison.")
+            continue
+        parts = []
+        for m in metrics:
+            if f"d_{m}_lo" not in rows[0]:
+                continue
+            better, worse = [], []
+            for r in rows:
+                d, lo, hi = (_number(r.get(f"d_{m}{x}", "")) for x in ("", "_lo", "_hi"))
+                if math.isnan(lo) or lo <= 0 <= hi:
+                    continue
+                good = (d < 0) == (m in LOWER_IS_BETTER)
+                (better if good else worse).append(f"{r['method']} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            if better or worse:
+                parts.append(f"{m}: better than MAP {', '.join(better) or 'none'}; worse {', '.join(worse) or 'none'}")
+        if "nll" in metrics:
+            ranked = [r for r in rows if not math.isnan(_number(r.get("nll", "")))]
+            best = min(ranked, key=lambda r: _number(r["nll"]))
+            d = "" if best["method"] == "map" else (
+                f", vs MAP {_number(best['d_nll']):+.4f}" + ("" if not best.get("d_nll_lo") or math.isnan(_number(best["d_nll_lo"]))
+                                                             else f" [{_number(best['d_nll_lo']):+.4f}, {_number(best['d_nll_hi']):+.4f}]"))
+            parts.append(f"lowest NLL: {best['method']} {_number(best['nll']):.4f}{d}")
+        out.append(head + ("; ".join(parts) if parts else "no difference from MAP beyond its interval") + ".")
+    return "\n".join(out)
+
+
+def write_results(path: str) -> None:
+    """Regenerate every block `<!-- table: <report.csv> <metrics> [<deltas>] -->...<!-- /table -->` (the condensed
+    table) and `<!-- marks: <report.csv> <metrics> -->...<!-- /marks -->` (the sentences the marks support) of a
+    Markdown file, from the CSVs they name."""
+    import re
+    text = Path(path).read_text()
+
+    def table(m):
+        args = m.group(1).split()
+        deltas = args[2].split(",") if len(args) > 2 else None
+        metrics = args[1].split(",")
+        body = condensed(args[0], metrics, deltas or [x for x in metrics if x not in ("ece_10", "ece_20")],
+                         percent=("ece", "ece_10", "ece_20"))
+        return f"<!-- table: {m.group(1)} -->\n{body.strip()}\n<!-- /table -->"
+
+    def mark(m):
+        csv_path, metrics = m.group(1).split()[:2]
+        return f"<!-- marks: {m.group(1)} -->\n{marks(csv_path, metrics.split(','))}\n<!-- /marks -->"
+    text = re.sub(r"<!-- table: ([^>]*?) -->.*?<!-- /table -->", table, text, flags=re.S)
+    text = re.sub(r"<!-- marks: ([^>]*?) -->.*?<!-- /marks -->", mark, text, flags=re.S)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Gather swag-lora evaluations into one table and figure.")
     ap.add_argument("paths", nargs="+", help="run directories, eval folders or evaluation JSON files")
