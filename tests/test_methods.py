@@ -135,13 +135,13 @@ def test_laplace_fit_batch_size_refits_and_jacobian_rows_keep_the_numbers(llama_
     fit = LoraLaplace.fit
     monkeypatch.setattr(LoraLaplace, "fit", lambda self, loader, *a: (fits.append(loader.batch_size), fit(self, loader, *a))[1])
 
-    def evaluate_laplace(*extra):
+    def evaluate_laplace(*extra, out="lap_bs"):     # another fit's settings: another output folder (never replaced)
         plan = resolve_plan(parse_eval(compose(f"evaluation.eval_model_path={llama_run}", "evaluation.eval_method=laplace",
                                                "evaluation.laplace_hessian=diag", "experiment.max_eval_samples=12",
-                                               "experiment.ood_task=", f"evaluation.output_dir={llama_run / 'lap_bs'}",
+                                               "experiment.ood_task=", f"evaluation.output_dir={llama_run / out}",
                                                *extra, config_name="eval")))
         return evaluate(plan, distributed=False)[0]
-    default = evaluate_laplace()
+    default = evaluate_laplace(out="lap_default")
     small = evaluate_laplace("evaluation.laplace_batch_size=5", "evaluation.laplace_jacobian_rows=1")
     again = evaluate_laplace("evaluation.laplace_batch_size=5")
     run_batch = load_run(llama_run, device="cpu").config.experiment.eval_batch_size

@@ -262,6 +262,7 @@ def evaluate(plan: Plan, runs: list[LoadedRun] | None = None, distributed: bool 
             "train_seeds": [r.config.experiment.seed for r in runs], "metrics": scores,
             "chance_accuracy": majority_rate(labels), "order": method.order, "run_settings": run_settings(runs[0]),
             "evaluation_key": json.loads(json.dumps(plan.identity(), default=str)), "name": name,
+            "fitted": sorted(method.fitted_settings()) + (["temperature"] if temperature is not None else []),
         }
         if accelerator is None or accelerator.is_main_process:
             write_evaluation(record, draws.mean(0), labels, plan.output_dir, ece_bins=plan.ece_bins)

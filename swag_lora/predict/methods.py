@@ -220,8 +220,9 @@ class Laplace(Method):
     order = 10
     sampled = True
 
-    def label(self) -> str:
-        return "laplace" if self.evaluation.laplace_subset == "all" else "ll-laplace"
+    def label(self) -> str:     # the prior chosen on validation rows is another predictive: another label
+        e = self.evaluation
+        return ("laplace" if e.laplace_subset == "all" else "ll-laplace") + ("-val" if e.laplace_prior == "val_nll" else "")
 
     def settings(self) -> dict:
         e = self.evaluation

@@ -28,7 +28,7 @@ from swag_lora.report.stats import Interval, chance_gate, jackknife_interval, ma
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
 HIGHER_IS_BETTER = {"accuracy", "mcc"} | {m for m in ("auroc", "aupr_in", "aupr_out")}
-IGNORED_SETTINGS = ("temperature", "seed", "prior_precision")   # fitted per seed, or the draws' seed: not a setting
+IGNORED_SETTINGS = ("temperature", "seed", "prior_precision", "tfb_sigma")   # records written before `fitted` was kept
 
 
 def _seedless(run_dir: str) -> str:
@@ -46,8 +46,9 @@ def family(r: dict) -> str:
 
 
 def group_key(r: dict) -> tuple:
+    ignored = {"seed", *r.get("fitted", IGNORED_SETTINGS)}       # values fitted per run (T, delta, sigma) are results
     settings = json.dumps({k: _seedless(str(v)) if k == "temperature_source" else v          # "carved ... (seed 1)"
-                           for k, v in r["settings"].items() if k not in IGNORED_SETTINGS}, sort_keys=True)
+                           for k, v in r["settings"].items() if k not in ignored}, sort_keys=True)
     return (*split_key(r), r["model"], r["label"], r.get("name", "").split("_")[0], settings, family(r))
 
 
@@ -330,14 +331,16 @@ def marks(csv_path: str, metrics: list[str]) -> str:
             if f"d_{m}_lo" not in rows[0]:
                 continue
             better, worse = [], []
+            pct = 100.0 if m.startswith("ece") else 1.0           # ECE in %, as in the tables
             for r in rows:
-                d, lo, hi = (_number(r.get(f"d_{m}{x}", "")) for x in ("", "_lo", "_hi"))
+                d, lo, hi = (_number(r.get(f"d_{m}{x}", "")) * pct for x in ("", "_lo", "_hi"))
                 if math.isnan(lo) or lo <= 0 <= hi:
                     continue
                 good = (d < 0) == (m in LOWER_IS_BETTER)
-                (better if good else worse).append(f"{r['method']} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+                p = 2 if pct > 1 else 4
+                (better if good else worse).append(f"{r['method']} {d:+.{p}f} [{lo:+.{p}f}, {hi:+.{p}f}]")
             if better or worse:
-                parts.append(f"{m}: better than MAP {', '.join(better) or 'none'}; worse {', '.join(worse) or 'none'}")
+                parts.append(f"{m}{' (%)' if pct > 1 else ''}: better than MAP {', '.join(better) or 'none'}; worse {', '.join(worse) or 'none'}")
         if "nll" in metrics:
             ranked = [r for r in rows if not math.isnan(_number(r.get("nll", "")))]
             best = min(ranked, key=lambda r: _number(r["nll"]))

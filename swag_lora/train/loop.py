@@ -25,12 +25,20 @@ from swag_lora.predict.draws import AsIs, score, swag_samples
 from swag_lora.train.checkpoint import Checkpointer
 from swag_lora.train.collector import BestAdapter
 from swag_lora.train.methods import save_adapter, training_method
-from swag_lora.train.records import EpochLog, open_run_dir, write_run_info
+from swag_lora.train.records import EpochLog, open_run_dir, release_run_dir, write_run_info
 from swag_lora.train.signals import REQUEUE_EXIT_CODE, Stop
 
 
 def train(run: RunConfig) -> Path:
-    """Train one run (MAP, SWAG, IVON or BLoB: `method` holds what each adds); return its run directory."""
+    """Train one run (MAP, SWAG, IVON or BLoB: `method` holds what each adds); return its run directory.  The run
+    directory is locked while it trains (a second live process is refused)."""
+    try:
+        return _train(run)
+    finally:
+        release_run_dir(run_dir(run))
+
+
+def _train(run: RunConfig) -> Path:
     exp, method = run.experiment, training_method(run)
     accelerator = make_accelerator(run)
     data = TrainingData(run, accelerator)               # tokenizer, features and loader; the model comes later

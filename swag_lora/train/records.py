@@ -30,6 +30,8 @@ def lock_run_dir(directory: Path, accelerator) -> None:
     second launch into the same directory is refused on every process."""
     import fcntl
     held = None
+    if directory in _LOCKS:                 # this process holds it already (a library call training it again)
+        return
     if accelerator.is_main_process:
         directory.parent.mkdir(parents=True, exist_ok=True)
         f = open(directory.parent / f".{directory.name}.lock", "a+")
@@ -47,6 +49,13 @@ def lock_run_dir(directory: Path, accelerator) -> None:
         raise ConfigError(f"run directory {directory} is in use by another live process (it holds "
                           f"{directory.parent / ('.' + directory.name + '.lock')}); wait for it to end, or set another "
                           f"experiment.exp_name or experiment.seed")
+
+
+def release_run_dir(directory: Path) -> None:
+    """Drop this process's lock on the run directory (training ended, or failed)."""
+    f = _LOCKS.pop(directory, None)
+    if f is not None:
+        f.close()
 
 
 def open_run_dir(run: RunConfig, directory: Path, accelerator, sources: dict | None = None) -> bool:
