@@ -138,4 +138,14 @@ def hydra_entry(config_name: str, main) -> None:
     _main()
 
 
-__all__ = ["main_evaluate", "main_train"]
+def train_entry() -> None:
+    """`swag-lora-train` (= python launch_exp_hydra.py)."""
+    hydra_entry("config", main_train)
+
+
+def evaluate_entry() -> None:
+    """`swag-lora-evaluate` (= python -m swag_lora.evaluate; the evaluate/*.bash scripts call that)."""
+    hydra_entry("eval", main_evaluate)
+
+
+__all__ = ["evaluate_entry", "main_evaluate", "main_train", "train_entry"]

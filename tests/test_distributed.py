@@ -185,3 +185,27 @@ def test_untested_backends_are_refused_in_one_line():
     fsdp.state.fsdp_plugin.fsdp_version = 2
     refuse_untested_backends(fsdp)
     refuse_untested_backends(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
+
+
+def test_blob_on_two_processes_trains_and_resumes_exactly(tmp_path):
+    """BLoB under DDP: rho is a parameter of the wrapped model (its NLL gradient all-reduced), the KL step is the same
+    closed form on every process, each process's flipout stream is its own and is checkpointed; a SIGKILL and a
+    relaunch end with the same posterior as an uninterrupted run."""
+    args = [*TINY, "method=blob", "model=tiny_llama", "experiment.eval_batch_size=12", "experiment.num_epochs=3",
+            "experiment.evaluate_after_training=false", "experiment.learning_rate=1e-2"]
+
+    def launch(save, env=None):
+        return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "--main_process_port", "29538", "launch_exp_hydra.py", *args, f"experiment.save_folder={save}"],
+                              cwd=REPO, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=600)
+    ref = launch(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert launch(tmp_path / "kill", {"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"}).returncode != 0
+    resumed = launch(tmp_path / "kill")
+    assert resumed.returncode == 0 and "resumed from checkpoint: epoch 3" in resumed.stdout, resumed.stderr[-3000:]
+    a, b = (next((tmp_path / d).rglob("run_info.json")).parent for d in ("ref", "kill"))
+    pa, pb = (load_file(str(d / "blob_model" / "blob_posterior.safetensors")) for d in (a, b))
+    assert pa.keys() == pb.keys() and all(torch.isfinite(v).all() for v in pa.values())
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-5, atol=1e-6)

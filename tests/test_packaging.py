@@ -23,6 +23,10 @@ def test_pip_install_gives_an_importable_package_with_its_configs(tmp_path):
               "swag_lora/conf/model/llama_7b_hf.yaml", "swag_lora/conf/evaluation/default.yaml",
               "swag_lora/posteriors/swag.py", "swag_lora/train/callback.py"):
         assert f in names, f
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    for script in ("swag-lora-train = swag_lora.cli:train_entry", "swag-lora-evaluate = swag_lora.cli:evaluate_entry",
+                   "swag-lora-report = swag_lora.report.tables:main"):
+        assert script in entry_points
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
                              capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]

@@ -285,8 +285,9 @@ def condensed(csv_path: str, metrics: list[str], deltas: list[str] | None = None
             out.append("MAP is not above chance on this split: no method comparison.")
             continue
         scale = {m: (100.0 if m in percent else 1.0) for m in shown}
-        names = [f"{m} (%)" if m in percent else m for m in shown]
-        out.append("| method | n | " + " | ".join(names) + " | " + " | ".join(f"Δ{m}" for m in ds) + " | settings |")
+        names = [(f"ECE{m[4:] or '15'} (%)" if m.startswith("ece") else f"{m} (%)") if m in percent else m for m in shown]
+        label = dict(zip(shown, names))
+        out.append("| method | n | " + " | ".join(names) + " | " + " | ".join(f"Δ{label[m]}" for m in ds) + " | settings |")
         out.append("|---|---|" + "---|" * (len(shown) + len(ds) + 1))
         for r in rows:
             vals = []
