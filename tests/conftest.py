@@ -63,3 +63,20 @@ def fresh_accelerate_state():
     yield
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def kill_and_resume(tmp_path, args: list[str]):
+    """An uninterrupted run and a run SIGKILLed after epoch 2 then relaunched, with the same `args`; returns the two
+    run directories (the relaunch asserted to resume at epoch 3)."""
+    import subprocess
+    import sys
+
+    def launch(save, env=None):
+        return subprocess.run([sys.executable, "launch_exp_hydra.py", *args, f"experiment.save_folder={save}"], cwd=REPO,
+                              env=subprocess_env(**(env or {})), capture_output=True, text=True, timeout=600)
+    ref = launch(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert launch(tmp_path / "cut", {"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"}).returncode != 0
+    resumed = launch(tmp_path / "cut")
+    assert resumed.returncode == 0 and "resumed from checkpoint: epoch 3" in resumed.stdout, resumed.stderr[-2000:]
+    return tuple(next((tmp_path / d).rglob("run_info.json")).parent for d in ("ref", "cut"))

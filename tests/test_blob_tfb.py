@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, run_config, subprocess_env
+from conftest import REPO, TINY, kill_and_resume, run_config, subprocess_env
 
 from swag_lora.posteriors.blob import BlobVariational, flipout_noise, gaussian_kl, kl_weight
 from swag_lora.posteriors.lora_gaussian import LoraAPosterior
@@ -141,15 +141,7 @@ def test_blob_trains_its_posterior_and_resumes_exactly(blob_run, tmp_path):
     assert post.meta["method"] == "blob" and info["blob_sigma_median"] > 0
     assert all(n.endswith("lora_A.default.weight") for n in post.means)
     args = [*TINY, *BLOB_ARGS, "experiment.eval_upon_save=false", "experiment.num_epochs=3"]
-
-    def launch(save, env=None):
-        return subprocess.run(["python", "launch_exp_hydra.py", *args, f"experiment.save_folder={save}"], cwd=REPO,
-                              env=subprocess_env(**(env or {})), capture_output=True, text=True, timeout=600)
-    assert launch(tmp_path / "ref").returncode == 0
-    assert launch(tmp_path / "cut", {"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"}).returncode != 0
-    resumed = launch(tmp_path / "cut")
-    assert resumed.returncode == 0 and "resumed from checkpoint: epoch 3" in resumed.stdout, resumed.stderr[-2000:]
-    a, b = (next((tmp_path / d).rglob("run_info.json")).parent for d in ("ref", "cut"))
+    a, b = kill_and_resume(tmp_path, args)
     from safetensors.torch import load_file
     x, y = load_file(str(a / "blob_model" / "blob_posterior.safetensors")), load_file(str(b / "blob_model" / "blob_posterior.safetensors"))
     for k in x:

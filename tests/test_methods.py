@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose, run_config, subprocess_env
+from conftest import REPO, TINY, compose, kill_and_resume, run_config, subprocess_env
 
 from swag_lora.config import parse_eval
 from swag_lora.data import get_task, load_splits
@@ -223,15 +223,7 @@ def test_ivon_posterior_is_its_hessian_estimate():
 def test_ivon_trains_saves_its_posterior_and_resumes_exactly(tmp_path):
     args = [*TINY, "model=tiny_llama", "method=ivon", "experiment.num_epochs=3", "method.ivon_ess=null",
             "experiment.eval_upon_save=false", "experiment.lora_dropout=0"]
-
-    def launch(save, env=None):
-        return subprocess.run(["python", "launch_exp_hydra.py", *args, f"experiment.save_folder={save}"], cwd=REPO,
-                              env=subprocess_env(**(env or {})), capture_output=True, text=True, timeout=600)
-    assert launch(tmp_path / "ref").returncode == 0
-    assert launch(tmp_path / "cut", {"SWAG_LORA_TEST_KILL_AFTER_EPOCH": "2"}).returncode != 0
-    resumed = launch(tmp_path / "cut")
-    assert resumed.returncode == 0 and "resumed from checkpoint: epoch 3" in resumed.stdout
-    a, b = (next((tmp_path / d).rglob("run_info.json")).parent for d in ("ref", "cut"))
+    a, b = kill_and_resume(tmp_path, args)
     info = json.loads((a / "run_info.json").read_text())
     meta = json.loads((a / "ivon_model" / "ivon_posterior.json").read_text())
     assert meta["ess"] == 48 and info["base_model_epoch"] is not None                 # ess = the training rows

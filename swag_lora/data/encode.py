@@ -40,35 +40,27 @@ def _original_choice(task, text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _question_lines(task, ex: dict) -> list[str]:
+    """The prompt's lines before the choices: "<Text name>: <text>" lines and the task's question (classification),
+    or "Question: <question>"."""
+    if task.format != "cls":
+        return [f"Question: {ex['text']}"]
+    lines = [f"{task.text_names[0]}: {ex['text']}"]
+    if ex.get("text_pair"):
+        lines.append(f"{task.text_names[1]}: {ex['text_pair']}")
+    return lines + [f"Question: {task.prompt}"]
+
+
 def causal_prompt(task, ex: dict, style: str = "original") -> str:
     if style == "original" and task.format == "mc":
         choices = " ".join(f"{LETTERS[i]}. {_original_choice(task, c)}" for i, c in enumerate(ex["choices"]))
         return f"Select one of the choices that answers the following question: {ex['text']} Choices: {choices} Answer:"
-    lines = []
-    if task.format == "cls":
-        lines.append(f"{task.text_names[0]}: {ex['text']}")
-        if ex.get("text_pair"):
-            lines.append(f"{task.text_names[1]}: {ex['text_pair']}")
-        lines.append(f"Question: {task.prompt}")
-    else:
-        lines.append(f"Question: {ex['text']}")
-    lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(ex["choices"])]
-    lines.append("Answer:")
-    return "\n".join(lines)
+    return "\n".join(_question_lines(task, ex) + [f"{LETTERS[i]}. {c}" for i, c in enumerate(ex["choices"])] + ["Answer:"])
 
 
 def loglik_prompt(task, ex: dict) -> str:
     """The context whose continuations are the choices (choice_scoring=loglik)."""
-    lines = []
-    if task.format == "cls":
-        lines.append(f"{task.text_names[0]}: {ex['text']}")
-        if ex.get("text_pair"):
-            lines.append(f"{task.text_names[1]}: {ex['text_pair']}")
-        lines.append(f"Question: {task.prompt}")
-    else:
-        lines.append(f"Question: {ex['text']}")
-    lines.append("Answer:")
-    return "\n".join(lines)
+    return "\n".join(_question_lines(task, ex) + ["Answer:"])
 
 
 def loglik_choices(tokenizer, prompt: str, choices: list[str], max_length: int) -> tuple[list[int], list[list[int]]]:
