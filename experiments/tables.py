@@ -14,6 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from swag_lora.report.tables import condensed, write_results  # noqa: E402
 
 if __name__ == "__main__":
+    missing = [a for a in (sys.argv[2:] if sys.argv[1:2] == ["--write"] else sys.argv[1:2]) if not Path(a).is_file()]
+    if len(sys.argv) < 2 or missing:
+        raise SystemExit(f"error: {missing[0] if missing else 'no report.csv given'} does not exist; usage: "
+                         f"python experiments/tables.py <report.csv> [metrics] [deltas] | --write <file.md> ...")
     if sys.argv[1:2] == ["--write"]:
         for path in sys.argv[2:]:
             write_results(path)

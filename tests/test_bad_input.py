@@ -424,3 +424,15 @@ def test_protocol_yaml_of_the_repository_is_valid():
     for path in (REPO / "experiments").glob("*/protocol.yaml"):
         protocol = runner.load_protocol([str(path)])
         assert yaml.safe_load(path.read_text()) == protocol
+
+
+@pytest.mark.parametrize("grid", ["[]", "[-1]", "[0.1,abc]"])
+def test_a_bad_laplace_prior_grid_is_refused_before_the_fit(grid):
+    with pytest.raises(ConfigError, match="laplace_prior_grid"):
+        parse_eval(compose(f"evaluation.laplace_prior_grid={grid}", config_name="eval"))
+
+
+def test_the_tables_script_names_a_missing_csv(tmp_path):
+    p = subprocess.run([sys.executable, "experiments/tables.py", str(tmp_path / "missing.csv")], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "missing.csv does not exist" in p.stderr and "Traceback" not in p.stderr

@@ -166,8 +166,11 @@ def parse_eval(cfg: DictConfig) -> EvalConfig:
     """The composed evaluation config (conf/eval.yaml) -> typed `EvalConfig`, every field checked; the checks that need
     the method registry or the runs are `resolve_plan`'s (predict/evaluation.py)."""
     data = _container(cfg)
-    return EvalConfig(evaluation=_build(EvaluationConfig, data.get("evaluation", {}), "evaluation"),
-                      experiment=_build(DataOverrides, data.get("experiment", {}), "experiment"))
+    evaluation = _build(EvaluationConfig, data.get("evaluation", {}), "evaluation")
+    grid = evaluation.laplace_prior_grid
+    if not grid or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in grid):
+        _fail(f"evaluation.laplace_prior_grid={grid!r} must be a non-empty list of prior precisions > 0")
+    return EvalConfig(evaluation=evaluation, experiment=_build(DataOverrides, data.get("experiment", {}), "experiment"))
 
 
 def evaluation_config(overrides: list[str] | None = None) -> EvaluationConfig:

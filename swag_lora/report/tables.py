@@ -360,6 +360,10 @@ def write_results(path: str) -> None:
     import re
     text = Path(path).read_text()
 
+    for csv_path in re.findall(r"<!-- (?:table|marks): (\S+)", text):
+        if not Path(csv_path).is_file():
+            raise ReportError(f"{path} names {csv_path}, which does not exist (run its protocol, or remove the block)")
+
     def table(m):
         args = m.group(1).split()
         deltas = args[2].split(",") if len(args) > 2 else None
