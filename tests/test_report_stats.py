@@ -76,7 +76,7 @@ def test_different_row_caps_are_not_pooled_and_each_pairs_with_its_own_map():
 
 
 def test_two_map_evaluations_of_one_run_on_the_same_rows_are_refused():
-    with pytest.raises(ReportError, match="two MAP evaluations of one run"):
+    with pytest.raises(ReportError, match="two map evaluations of the same training seed"):
         aggregate([rec("map", 0, 1.0), {**rec("map", 0, 1.1), "_file": "other.json"}], ("nll",))
 
 
@@ -151,3 +151,14 @@ def test_the_sentences_a_table_supports_come_from_its_marks_alone(tmp_path):
     write_results(str(md))
     out = md.read_text()
     assert "old" not in out and out.startswith("x\n") and out.endswith("y\n") and "lowest NLL: swag" in out
+
+
+def test_one_evaluation_found_twice_counts_once():
+    a = {**rec("map", 0, 1.0), "evaluation_key": {"runs": ["r/seed0"], "seed": 10}}
+    b = {**rec("swag", 0, 0.9), "evaluation_key": {"runs": ["r/seed0"], "seed": 10, "m": "swag"}}
+    rows = aggregate([a, {**a, "_file": "copy.json"}, b, {**b, "_file": "copy2.json"}], ("nll",))
+    assert sorted((r["method"], r["n"]) for r in rows) == [("map", 1), ("swag", 1)]
+    other_seed = {**a, "evaluation_key": {"runs": ["r/seed0"], "seed": 11}, "_file": "other.json"}
+    assert sorted((r["method"], r["n"]) for r in aggregate([a, other_seed, b], ("nll",))) == [("map", 1), ("swag", 1)]
+    with pytest.raises(ReportError, match="two map evaluations of the same training seed"):   # numbers that disagree
+        aggregate([a, {**other_seed, "metrics": {**a["metrics"], "nll": 1.2}}], ("nll",))

@@ -65,10 +65,12 @@ def map_references(records: list[dict]) -> tuple[dict, dict]:
     """MAP records by (split, family, seeds) and by (split, seeds) over every family.  Two MAP evaluations of the same
     run on the same rows are ambiguous: refused, naming both files."""
     exact, by_seed = {}, defaultdict(list)
-    for r in records:
+    for r in unique(records):
         if r["label"] != "map":
             continue
         key = (split_key(r), family(r), tuple(r["train_seeds"]))
+        if key in exact and exact[key]["metrics"] == r["metrics"]:     # the same numbers (MAP has no draws): either
+            continue
         if key in exact:
             raise ReportError(f"two MAP evaluations of one run on the same rows: {exact[key].get('_file')} and "
                               f"{r.get('_file')}; report one of them (pass their folders separately)")
@@ -84,11 +86,32 @@ def leave_one_out(rs: list[dict]) -> bool:
     return len(rs) == len(seeds) >= 3 and len(sets) == len(rs) and all(len(s) == len(seeds) - 1 for s in sets)
 
 
+def unique(records: list[dict]) -> list[dict]:
+    """One record per evaluation: the same evaluation found twice (e.g. the closing table's copy in a run's eval/
+    and a protocol's) would count as two seeds."""
+    seen, out = set(), []
+    for r in records:
+        key = (r["label"], json.dumps(r["run_dirs"]), split_key(r), json.dumps(r["metrics"], sort_keys=True), group_key(r))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def aggregate(records: list[dict], metrics: tuple[str, ...] = TABLE_METRICS) -> list[dict]:
     """Rows of mean ± s.e. per (split, model, method, settings, run family), with the paired difference from MAP."""
+    records = unique(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[group_key(r)].append(r)
+    for rs in groups.values():          # n counts training seeds: one evaluation per seed (or member set) in a group
+        seeds = [tuple(r["train_seeds"]) for r in rs]
+        twice = next((s for s in seeds if seeds.count(s) > 1), None)
+        if twice is not None:
+            files = [r.get("_file") for r in rs if tuple(r["train_seeds"]) == twice]
+            raise ReportError(f"two {rs[0]['label']} evaluations of the same training seed(s) {list(twice)} with the same "
+                              f"settings but other numbers ({files[0]}, {files[1]}), e.g. two evaluation seeds: they "
+                              f"are not two seeds of training; report them apart")
     exact, by_seed = map_references(records)
 
     def reference(r, m):
