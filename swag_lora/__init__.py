@@ -8,7 +8,7 @@ __version__ = "0.2.0"
 __all__ = ["SwagCallback", "SwagCollector", "SwagPosterior"]
 
 # bitsandbytes (imported by peft when installed) warns at import that an optional CPU kernel package is missing;
-# 4-bit on the CPU then uses its pure-PyTorch path (README "Multi-GPU, precision, pre-emption").
+# 4-bit on the CPU then uses its pure-PyTorch path (docs/distributed.md).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 

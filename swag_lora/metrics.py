@@ -1,6 +1,6 @@
 """Metrics: pure numpy functions of predicted probabilities and labels (nothing here knows of models).
 
-Conventions (README "Metrics" has the definitions):
+Conventions (docs/outputs.md has the definitions):
 * `probs` is N x C (rows sum to 1): the Bayesian model average, i.e. the mean of the members' probabilities.
 * `member_probs` is S x N x C: one slice per weight draw (dropout pass, SWAG sample, ensemble member).
 * The prediction is argmax of the averaged probabilities (never of averaged logits).

@@ -3,7 +3,7 @@
 * Causal LMs (Llama, Mistral, Qwen, ...) answer multiple choice from the hidden state at the last real
   token (padding is on the LEFT) through a trained "letter head": a C x hidden linear layer initialised
   from the LM head's rows for the choice letters " A", " B", ...  For classification tasks the choices
-  are the label names.  The prompt is documented in README ("Prompt").
+  are the label names.  The prompt is documented in docs/tasks.md ("Prompt").
   With `experiment.choice_scoring=loglik` (or `loglik_norm`) a causal LM instead scores each choice by the summed
   (or per-token mean) log-probability of the choice's tokens after the prompt, lm-eval's acc (acc_norm) -- no
   head: the LM's own output layer, frozen, and LoRA alone is trained.  Small LMs (135M-270M) stay at chance with the

@@ -1,4 +1,4 @@
-"""The configuration is declared once (swag_lora/config.py): docs/configuration.md's table is generated from it, and every
+"""The configuration is declared once (swag_lora/config/schema.py): docs/configuration.md's table is generated from it, and every
 YAML file holds exactly the declared keys."""
 import re
 

@@ -14,7 +14,7 @@ from swag_lora.errors import ConfigError
 
 def opt(help: str, *, choices: tuple | None = None, check: str | None = None, alias: str | None = None,
         optional: bool = False, default: Any = dataclasses.MISSING):
-    """A config field: `help` (README), `choices` (allowed values), `check` (positive, positive_int, fraction,
+    """A config field: `help` (docs/configuration.md), `choices` (allowed values), `check` (positive, positive_int, fraction,
     nonneg, nonneg_int), `alias` (the other name of the same setting: the original's or this project's; both
     are accepted and kept equal), `optional` (may be absent: None)."""
     meta = {"help": help, "choices": choices, "check": check, "alias": alias, "optional": optional}
@@ -61,7 +61,7 @@ class ModelConfig:
 
 @dataclass
 class ExperimentConfig:
-    task: str = opt("training task (README, Tasks)", choices=TASK_NAMES)
+    task: str = opt("training task (docs/tasks.md)", choices=TASK_NAMES)
     subtask: str = opt("MMLU subject or group, WinoGrande size, MNLI matched/mismatched, demo shifted")
     ood_task: str = opt("task evaluated out of distribution after training; auto = the demo's shifted split for the "
                         "demo task, none otherwise; empty = none")
@@ -258,7 +258,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"swag": SwagConfig, "map": MapC
 
 @dataclass
 class EvaluationConfig:
-    eval_method: str = opt("the evaluation method (README, Methods)")
+    eval_method: str = opt("the evaluation method (docs/methods.md)")
     eval_model_path: str = opt("a run directory (or its base_model/ or swag_model/ folder)")
     eval_model_paths: list = opt("ensemble / MultiSWAG members (run directories)")
     num_samples: int = opt("dropout passes or posterior samples per member", check="positive_int")

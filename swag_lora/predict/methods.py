@@ -3,7 +3,7 @@
 A method turns a set of runs (one, or an ensemble's members) into weight draws and their probabilities on a set
 of batches: `draws(run, member, data)` returns S x N x C for one member; the evaluation concatenates the members'
 draws and averages them (the Bayesian model average).  Adding a method is one class here (with `@register`),
-plus any new keys: declared in `EvaluationConfig` (swag_lora/config.py), valued in conf/evaluation/default.yaml.
+plus any new keys: declared in `EvaluationConfig` (swag_lora/config/schema.py), valued in conf/evaluation/default.yaml.
 """
 from __future__ import annotations
 
