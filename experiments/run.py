@@ -10,6 +10,13 @@ more seeds: one per leave-one-out member set, <out>/eval/<name>/without<seed>/);
 <out>/timings.json.  `seed=N` runs one seed (its trainings and single-run evaluations); `run=NAME` runs one training
 run and the evaluations that read it, so that a partial protocol already has results.
 
+With `keep:` (a folder meant to be committed, e.g. docs/results/<protocol>) every finished evaluation's records
+(JSON + npz) are copied to <keep>/records/<name>/<tag>/, with timings.json, tuned.json, a fingerprint of every
+training (trainings.json) and the report; on a fresh checkout (a wiped scratch folder, another node) those
+evaluations are restored and skipped, and a training that only they read is not repeated.  A training that is
+repeated (for an evaluation not kept yet) must reproduce its fingerprint, or the runner stops: its kept evaluations
+would be paired with another model.
+
 protocol.yaml:
     out: results/experiments/<protocol>          # where runs, evaluations and the report go
     seeds: [0, 1, 2]
@@ -21,12 +28,15 @@ protocol.yaml:
     ood: [[task, subtask], ...]
     eval_common: [overrides for every evaluation]
     tune: {name: {seed: 0, grid: {key: [values]}}}           # optional: one key of a run chosen by validation loss
+    keep: docs/results/<protocol>                # optional: finished results kept (committed) and restored from
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -77,7 +87,7 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 
 
 PROTOCOL_KEYS = {"out": str, "seeds": list, "common": list, "runs": dict, "evaluations": list, "ood": list, "eval_common": list,
-                 "tune": dict}
+                 "tune": dict, "keep": str}
 
 
 def load_protocol(argv: list[str]) -> dict:
@@ -126,6 +136,9 @@ def tuned_overrides(out: Path, protocol: dict, name: str, python: str) -> list[s
         return []
     (key, values), = spec["grid"].items()
     seed = spec.get("seed", protocol["seeds"][0])
+    done = json.loads((out / "tuned.json").read_text()).get(name) if (out / "tuned.json").exists() else None
+    if done and done["key"] == key and done["seed"] == seed and set(done["best_validation_loss"]) == set(map(str, values)):
+        return [f"{key}={done['chosen']}"]          # tuned before (here, or kept and restored): not trained again
     losses = {}
     for i, value in enumerate(values):
         save = out / "runs" / f"{name}_tune" / f"{i}"
@@ -144,6 +157,84 @@ def tuned_overrides(out: Path, protocol: dict, name: str, python: str) -> list[s
     return [f"{key}={best}"]
 
 
+def merge_json(src: Path, dest: Path) -> None:
+    """Add the entries of JSON object `src` that `dest` lacks (dest's own entries win), replacing dest at once."""
+    if not src.exists():
+        return
+    merged = {**json.loads(src.read_text()), **(json.loads(dest.read_text()) if dest.exists() else {})}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}"
+    tmp.write_text(json.dumps(merged, indent=1))
+    os.replace(tmp, dest)
+
+
+def restore(out: Path, keep: Path) -> int:
+    """Copy the kept evaluations (<keep>/records/<name>/<tag>/) into <out>/eval/ and mark them done; merge the kept
+    timings and tuned values.  Returns how many evaluations were restored."""
+    restored = 0
+    for kept in sorted((keep / "records").glob("*/*")):
+        name, tag = kept.parent.name, kept.name
+        marker = out / "done" / f"eval_{name}_{tag}.done"
+        if not kept.is_dir() or marker.exists() or not any(kept.glob("*.json")):
+            continue
+        dest = out / "eval" / name / tag
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in kept.iterdir():
+            shutil.copy2(f, dest / f.name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+        restored += 1
+    for name in ("timings.json", "tuned.json"):
+        merge_json(keep / name, out / name)
+    return restored
+
+
+def keep_evaluation(out: Path, keep: Path, name: str, tag: str) -> None:
+    """A finished evaluation's records (JSON + npz; its figures are redrawn by the report) into <keep>/records/, whole
+    or not at all (copied beside, then renamed), with the timings and tuned values so far."""
+    dest = keep / "records" / name / tag
+    tmp = dest.parent / f".{tag}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in (out / "eval" / name / tag).iterdir():
+        if f.suffix in (".json", ".npz"):
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    for file in ("timings.json", "tuned.json"):
+        merge_json(out / file, keep / file)
+
+
+def fingerprint(run: Path) -> str:
+    """sha256 over a finished run's weight files (its top-level *.safetensors, by name)."""
+    h = hashlib.sha256()
+    for f in sorted(run.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def check_training(out: Path, keep: Path, key: str, run: Path) -> None:
+    """Record a training's fingerprint in <keep>/trainings.json, or stop if a kept one differs: the kept evaluations
+    of this run and seed came from other weights, and pairing new ones with them would be silently wrong."""
+    path = keep / "trainings.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    now = fingerprint(run)
+    if key in kept and kept[key] != now:
+        raise SystemExit(f"error: {key} trained again gave other weights (sha256 {now[:12]}, kept {kept[key][:12]}): "
+                         f"the evaluations kept in {keep / 'records'} for it came from the earlier training; allowed: "
+                         f"remove them (and its entry in {path}) to evaluate this training afresh")
+    if key not in kept:
+        merge_json_entry(path, key, now)
+
+
+def merge_json_entry(path: Path, key: str, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}"
+    tmp.write_text(json.dumps({**(json.loads(path.read_text()) if path.exists() else {}), key: value}, indent=1))
+    os.replace(tmp, path)
+
+
 def member_sets(seeds: list[int]) -> list[tuple[str, list[int]]]:
     """The member sets of an evaluation of several runs: with 3 or more seeds the leave-one-out sets (n - 1 members
     each, keyed by the seed left out), whose spread the report turns into a jackknife interval; with fewer, one set."""
@@ -155,6 +246,7 @@ def member_sets(seeds: list[int]) -> list[tuple[str, list[int]]]:
 def main(argv: list[str]) -> int:
     protocol = load_protocol(argv)
     out = REPO / protocol["out"]
+    keep = REPO / protocol["keep"] if protocol.get("keep") else None
     seeds = protocol["seeds"]
     only = dict(a.split("=", 1) if "=" in a else (a, None) for a in argv[1:])   # optional filters: seed=0, run=swag
     allowed = f"allowed: seed=<one of {seeds}>, run=<one of {list(protocol['runs'])}>"
@@ -163,40 +255,59 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"error: bad filter {' '.join(argv[1:])}; {allowed}")
     seeds = [s for s in seeds if str(s) == only.get("seed", str(s))]
     out.mkdir(parents=True, exist_ok=True)
+    if keep and (restored := restore(out, keep)):
+        print(f"[keep] {restored} finished evaluations restored from {keep / 'records'}", flush=True)
     python = sys.executable
-    for name, overrides in protocol["runs"].items():
-        if only.get("run", name) != name:
-            continue
-        tuned = tuned_overrides(out, protocol, name, python)
-        for seed in seeds:
-            step(out, f"train_{name}_seed{seed}", [python, "launch_exp_hydra.py", *(protocol.get("common") or []),
-                                                   *(overrides or []), *tuned, f"experiment.seed={seed}",
-                                                   f"experiment.save_folder={out / 'runs' / name}",
-                                                   "experiment.eval_upon_save=false"])
-    # one evaluation per (evaluation, seed) scores the in-distribution rows once and every OOD task against them
-    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood") or []]
-    ood = [f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else []
+    # the evaluation steps (evaluation x member set), and the (run, seed) trainings that the unfinished ones read
+    plan = []
     for ev in protocol["evaluations"]:
         source = ev.get("run", ev.get("runs"))
         if only.get("run", source) != source:
             continue
-        if "runs" in ev:         # several members: every member set, once every seed has trained
-            todo = [] if "seed" in only else member_sets(protocol["seeds"])
-            where = {tag: [f"evaluation.eval_model_paths=[{','.join(chr(34) + str(run_dir(out, source, s)) + chr(34) for s in members)}]"]
-                     for tag, members in todo}
-        else:
-            todo = [(f"seed{seed}", [seed]) for seed in seeds]
-            where = {tag: [f"evaluation.eval_model_path={run_dir(out, source, members[0])}"] for tag, members in todo}
-        for tag, _ in todo:
-            step(out, f"eval_{ev['name']}_{tag}",
-                 [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where[tag],
-                  *(protocol.get("eval_common") or []), *ev.get("overrides", []), *ood,
-                  f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
+        sets = ([] if "seed" in only else member_sets(protocol["seeds"])) if "runs" in ev else \
+            [(f"seed{seed}", [seed]) for seed in seeds]      # several members: every member set, once every seed trained
+        plan += [(ev, source, tag, members) for tag, members in sets]
+    read = {(source, s) for _, source, _, members in plan for s in members}
+    needed = {(source, s) for ev, source, tag, members in plan for s in members
+              if not (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()}
+    for name, overrides in protocol["runs"].items():
+        if only.get("run", name) != name:
+            continue
+        todo = [s for s in seeds if (name, s) in needed or (name, s) not in read
+                or (out / "done" / f"train_{name}_seed{s}.done").exists()]
+        if not todo:
+            continue
+        tuned = tuned_overrides(out, protocol, name, python)
+        for seed in todo:
+            key = f"train_{name}_seed{seed}"
+            step(out, key, [python, "launch_exp_hydra.py", *(protocol.get("common") or []), *(overrides or []), *tuned,
+                            f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
+                            "experiment.eval_upon_save=false"])
+            if keep:
+                check_training(out, keep, key, run_dir(out, name, seed))
+    # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them
+    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood") or []]
+    ood = [f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else []
+    for ev, source, tag, members in plan:
+        key = f"eval_{ev['name']}_{tag}"
+        if (out / "done" / f"{key}.done").exists():
+            continue
+        paths = [str(run_dir(out, source, s)) for s in members]
+        where = [f"evaluation.eval_model_paths=[{','.join(chr(34) + p + chr(34) for p in paths)}]"] if "runs" in ev \
+            else [f"evaluation.eval_model_path={paths[0]}"]
+        step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
+                        *(protocol.get("eval_common") or []), *ev.get("overrides", []), *ood,
+                        f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
+        if keep:
+            keep_evaluation(out, keep, ev["name"], tag)
+    report = (keep or out) / "report"
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
-    step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(out / "report"),
+    step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(report),
                          "--metrics", *REPORT_METRICS])
-    print_gates(out / "report.csv")
+    print_gates(report.with_suffix(".csv"))
     timings = read_timings(out)
+    if keep:
+        merge_json(out / "timings.json", keep / "timings.json")
     total = sum(v["cpu_seconds"] for v in timings.values())
     print(f"[done] {out}: {len(timings)} steps, {total / 3600:.2f} CPU hours")
     return 0

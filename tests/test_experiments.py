@@ -1,5 +1,6 @@
 """The evidence-protocol runner (experiments/run.py): filters, skipping what finished, the closing report."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -75,3 +76,50 @@ def test_a_partial_protocol_runs_one_run_then_the_rest_skipping_what_finished(tm
             assert (r["above_chance"] == "True") == ("NOT above chance" not in table.split(f"**{r['distribution'].upper()}: ")[1].split("\n")[0])
     assert ("| ivon |" in table) == all(r["above_chance"] == "True" for r in csv.DictReader(open(out / "report.csv")) if r["method"] == "map")
     assert "[gate]" in p.stdout
+
+
+@pytest.mark.slow
+def test_kept_evaluations_survive_a_wiped_output_and_a_retraining_must_reproduce_its_weights(tmp_path):
+    out, keep = tmp_path / "scratch", tmp_path / "kept"
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({
+        "out": str(out), "keep": str(keep), "seeds": [0, 1],
+        "common": ["model=tiny_llama", *TINY, "experiment.num_epochs=1", "experiment.learning_rate=0.01"],
+        "runs": {"swag": ["method=swag", "method.swag_start=0", "method.force_save=1"]},
+        "eval_common": ["evaluation.num_samples=2", "experiment.max_eval_samples=16"],
+        "evaluations": [{"name": "map", "run": "swag", "method": "base"},
+                        {"name": "ensemble", "runs": "swag", "method": "ensemble"}]}))
+    p = runner(protocol)
+    assert p.returncode == 0, p.stderr[-2000:]
+    kept = {f.relative_to(keep / "records").as_posix() for f in (keep / "records").rglob("*") if f.is_file()}
+    assert {k.rsplit("/", 1)[0] for k in kept} == {"map/seed0", "map/seed1", "ensemble/seed0"}
+    assert {k.rsplit(".", 1)[1] for k in kept} == {"json", "npz"}        # no figures: the report redraws them
+    trainings = json.loads((keep / "trainings.json").read_text())
+    assert set(trainings) == {"train_swag_seed0", "train_swag_seed1"}
+    assert set(json.loads((keep / "timings.json").read_text())) == {f.stem for f in (out / "done").glob("*.done")}
+    report = (keep / "report.csv").read_text()
+
+    shutil.rmtree(out)                      # a fresh checkout: nothing is trained or evaluated again
+    p = runner(protocol)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == ["[run] report"]
+    assert "[keep] 3 finished evaluations restored" in p.stdout
+    assert (keep / "report.csv").read_text() == report
+
+    shutil.rmtree(out)                      # one kept evaluation lost: only its training runs again, to the same weights
+    map1 = json.loads(next((keep / "records" / "map" / "seed1").glob("*.json")).read_text())["metrics"]
+    shutil.rmtree(keep / "records" / "map" / "seed1")
+    p = runner(protocol)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == [
+        "[run] train_swag_seed1", "[run] eval_map_seed1", "[run] report"]
+    assert json.loads(next((keep / "records" / "map" / "seed1").glob("*.json")).read_text())["metrics"] == map1
+    assert json.loads((keep / "trainings.json").read_text()) == trainings
+
+    shutil.rmtree(out)                      # a retraining whose weights differ from the kept ones stops the runner
+    shutil.rmtree(keep / "records" / "map" / "seed1")
+    (keep / "trainings.json").write_text(json.dumps({**trainings, "train_swag_seed1": "0" * 64}))
+    p = runner(protocol)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: train_swag_seed1 trained again gave other weights")
+    assert not (keep / "records" / "map" / "seed1").exists()
