@@ -205,11 +205,18 @@ def keep_evaluation(out: Path, keep: Path, name: str, tag: str) -> None:
         merge_json(out / file, keep / file)
 
 
+TRAINED = ("base_model", "swag_model", "ivon_model", "blob_model")   # what training writes (not checkpoints, nor the
+# caches evaluations add to a run: laplace_model/, tfb_model/)
+
+
 def fingerprint(run: Path) -> str:
-    """sha256 over a finished run's weight files (its top-level *.safetensors, by name)."""
+    """sha256 over a finished run's trained weights (the *.safetensors of its TRAINED folders, by path)."""
+    files = sorted(f for d in TRAINED for f in (run / d).glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"error: {run} holds no trained weights (no *.safetensors in {', '.join(TRAINED)})")
     h = hashlib.sha256()
-    for f in sorted(run.glob("*.safetensors")):
-        h.update(f.name.encode())
+    for f in files:
+        h.update(f.relative_to(run).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 

@@ -95,7 +95,8 @@ def test_kept_evaluations_survive_a_wiped_output_and_a_retraining_must_reproduce
     assert {k.rsplit("/", 1)[0] for k in kept} == {"map/seed0", "map/seed1", "ensemble/seed0"}
     assert {k.rsplit(".", 1)[1] for k in kept} == {"json", "npz"}        # no figures: the report redraws them
     trainings = json.loads((keep / "trainings.json").read_text())
-    assert set(trainings) == {"train_swag_seed0", "train_swag_seed1"}
+    assert set(trainings) == {"train_swag_seed0", "train_swag_seed1"}     # of the weights: the seeds' differ
+    assert trainings["train_swag_seed0"] != trainings["train_swag_seed1"]
     assert set(json.loads((keep / "timings.json").read_text())) == {f.stem for f in (out / "done").glob("*.done")}
     report = (keep / "report.csv").read_text()
 
