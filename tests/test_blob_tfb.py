@@ -168,3 +168,7 @@ def test_blob_and_tfb_end_to_end_through_the_evaluation_scripts(blob_run, tmp_pa
             saved = json.loads((blob_run / "tfb_model" / "nll_tol0.05.json").read_text())
             assert sigma == saved["sigma"] > 0 and r["settings"]["tfb_tolerance"] == 0.05
             assert saved["trace"][-1][1] <= saved["map_metric"] * 1.05 or any(not t[2] for t in saved["trace"])
+            lines = [line.split() for line in p.stdout.splitlines() if line.startswith("[swag-lora] tfb search:")]
+            printed = [x for w in lines for x in (float(w[4].rstrip(",")), float(w[7]))]    # progress, as saved
+            assert printed == pytest.approx([0.0, saved["map_metric"]] + [x for s, v, _ in saved["trace"] for x in (s, v)],
+                                            rel=1e-5)

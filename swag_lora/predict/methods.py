@@ -444,9 +444,14 @@ class Tfb(Blob):
         val = data.validation(run)
         labels = np.array([f["label"] for f in val.features])
 
-        def metric(scale: float) -> float:
+        main = data.accelerator is None or data.accelerator.is_main_process
+
+        def metric(scale: float) -> float:      # one line per step: the search is S validation passes per scale
             probs = self.sampled_draws(run, post, val, torch.Generator().manual_seed(e.seed), scale).mean(0)
-            return M.nll(probs, labels) if e.tfb_metric == "nll" else M.accuracy(probs, labels)
+            value = M.nll(probs, labels) if e.tfb_metric == "nll" else M.accuracy(probs, labels)
+            if main:
+                print(f"[swag-lora] tfb search: scale {scale:.6g}, validation {e.tfb_metric} {value:.6g}", flush=True)
+            return value
         base = metric(0.0)
         if e.tfb_metric == "nll":
             feasible = lambda v: v <= base * (1 + e.tfb_tolerance)  # noqa: E731
@@ -454,7 +459,7 @@ class Tfb(Blob):
             feasible = lambda v: v >= base - e.tfb_tolerance  # noqa: E731
         sigma, trace = search_scale(metric, feasible, e.tfb_upper, e.tfb_search_steps)
         post.meta.update(sigma=sigma, map_metric=base, trace=trace, validation_rows=len(labels), stamp=stamp)
-        if data.accelerator is None or data.accelerator.is_main_process:
+        if main:
             post.save(folder, name)
         return post, sigma
 
