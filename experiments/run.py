@@ -28,6 +28,7 @@ protocol.yaml:
     ood: [[task, subtask], ...]
     eval_common: [overrides for every evaluation]
     tune: {name: {seed: 0, grid: {key: [values]}}}           # optional: one key of a run chosen by validation loss
+                                                 # (the tuning seed's run is the chosen value's tuning training, copied)
     keep: docs/results/<protocol>                # optional: finished results kept (committed) and restored from
 """
 from __future__ import annotations
@@ -155,6 +156,39 @@ def tuned_overrides(out: Path, protocol: dict, name: str, python: str) -> list[s
     os.replace(tmp, out / "tuned.json")
     print(f"[tune] {name}: {key}={best} (best validation loss per value: {losses})", flush=True)
     return [f"{key}={best}"]
+
+
+def tuned_run(out: Path, protocol: dict, name: str, seed: int) -> tuple[str, Path, Path] | None:
+    """The tuning seed's finished training at the chosen value, which is run `name`'s training of that seed (the same
+    overrides; a run directory does not depend on save_folder): (its step key, its save_folder runs/<name>_tune/<i>/,
+    its run directory), or None."""
+    spec = (protocol.get("tune") or {}).get(name)
+    done = json.loads((out / "tuned.json").read_text()).get(name) if (out / "tuned.json").exists() else None
+    if not spec or not done or seed != spec.get("seed", protocol["seeds"][0]):
+        return None
+    (key, values), = spec["grid"].items()
+    if done["key"] != key or done["chosen"] not in values:
+        return None
+    i = values.index(done["chosen"])
+    root = out / "runs" / f"{name}_tune" / str(i)
+    found = [p.parent for p in root.rglob("run_info.json")]
+    return (f"tune_{name}_{i}_seed{seed}", root, found[0]) if len(found) == 1 else None
+
+
+def copy_tuned_run(out: Path, name: str, key: str, source: tuple[str, Path, Path]) -> None:
+    """Training `key` is the tuning training `source`: copied (whole, then renamed), its marker and a zero-cost timing
+    written, instead of training the same model twice."""
+    tune_key, root, src = source
+    dest = out / "runs" / name / src.relative_to(root)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    merge_json_entry(out / "timings.json", key, {"cpu_seconds": 0.0, "wall_seconds": 0.0, "copied_from": tune_key})
+    (out / "done").mkdir(parents=True, exist_ok=True)
+    (out / "done" / f"{key}.done").write_text("")
+    print(f"[copy] {key}: the tuning training {tune_key} ({src})", flush=True)
 
 
 def merge_json(src: Path, dest: Path) -> None:
@@ -287,9 +321,13 @@ def main(argv: list[str]) -> int:
         tuned = tuned_overrides(out, protocol, name, python)
         for seed in todo:
             key = f"train_{name}_seed{seed}"
-            step(out, key, [python, "launch_exp_hydra.py", *(protocol.get("common") or []), *(overrides or []), *tuned,
-                            f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
-                            "experiment.eval_upon_save=false"])
+            source = None if (out / "done" / f"{key}.done").exists() else tuned_run(out, protocol, name, seed)
+            if source:
+                copy_tuned_run(out, name, key, source)
+            else:
+                step(out, key, [python, "launch_exp_hydra.py", *(protocol.get("common") or []), *(overrides or []), *tuned,
+                                f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
+                                "experiment.eval_upon_save=false"])
             if keep:
                 check_training(out, keep, key, run_dir(out, name, seed))
     # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them

@@ -124,3 +124,43 @@ def test_kept_evaluations_survive_a_wiped_output_and_a_retraining_must_reproduce
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
         "error: train_swag_seed1 trained again gave other weights")
     assert not (keep / "records" / "map" / "seed1").exists()
+
+
+@pytest.mark.slow
+def test_the_tuning_seeds_run_is_its_chosen_tuning_training_copied_and_equal_to_training_it_again(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("protocol_runner", REPO / "experiments" / "run.py")
+    runner_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner_module)
+    out = tmp_path / "out"
+    common = ["model=tiny_llama", *TINY, "experiment.num_epochs=1"]
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({
+        "out": str(out), "seeds": [0, 1], "common": common,
+        "runs": {"swag": ["method=swag", "method.swag_start=0", "method.force_save=1"]},
+        "tune": {"swag": {"seed": 0, "grid": {"experiment.learning_rate": [0.01, 0.0001]}}},
+        "eval_common": ["evaluation.num_samples=2", "experiment.max_eval_samples=16"],
+        "evaluations": [{"name": "map", "run": "swag", "method": "base"}]}))
+    p = runner(protocol)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == [
+        "[run] tune_swag_0_seed0", "[run] tune_swag_1_seed0", "[run] train_swag_seed1", "[run] eval_map_seed0",
+        "[run] eval_map_seed1", "[run] report"]
+    tuned = json.loads((out / "tuned.json").read_text())["swag"]
+    chosen = tuned["chosen"]
+    assert str(chosen) == min(tuned["best_validation_loss"], key=tuned["best_validation_loss"].get)
+    i = [0.01, 0.0001].index(chosen)
+    assert f"[copy] train_swag_seed0: the tuning training tune_swag_{i}_seed0" in p.stdout
+    assert json.loads((out / "timings.json").read_text())["train_swag_seed0"]["copied_from"] == f"tune_swag_{i}_seed0"
+    copied = runner_module.run_dir(out, "swag", 0)
+    tuning = next(p.parent for p in (out / "runs" / "swag_tune" / str(i)).rglob("run_info.json"))
+    assert runner_module.fingerprint(copied) == runner_module.fingerprint(tuning)
+    again = tmp_path / "again"               # training the seed afresh at the chosen value gives the copied weights
+    t = subprocess.run([sys.executable, "launch_exp_hydra.py", *common, "method=swag", "method.swag_start=0",
+                        "method.force_save=1", f"experiment.learning_rate={chosen}", "experiment.seed=0",
+                        f"experiment.save_folder={again}", "experiment.eval_upon_save=false"], cwd=REPO,
+                       env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert t.returncode == 0, t.stderr[-2000:]
+    fresh = next(p.parent for p in again.rglob("run_info.json"))
+    assert fresh.relative_to(again) == copied.relative_to(out / "runs" / "swag")
+    assert runner_module.fingerprint(fresh) == runner_module.fingerprint(copied)
