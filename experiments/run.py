@@ -15,7 +15,9 @@ With `keep:` (a folder meant to be committed, e.g. docs/results/<protocol>) ever
 training (trainings.json) and the report; on a fresh checkout (a wiped scratch folder, another node) those
 evaluations are restored and skipped, and a training that only they read is not repeated.  A training that is
 repeated (for an evaluation not kept yet) must reproduce its fingerprint, or the runner stops: its kept evaluations
-would be paired with another model.
+would be paired with another model.  Each evaluation's settings (method, runs, member seeds, overrides) are recorded
+beside its records (evaluations.json): one finished or kept with other settings than the protocol's now is evaluated
+again, never reused.
 
 protocol.yaml:
     out: results/experiments/<protocol>          # where runs, evaluations and the report go
@@ -203,9 +205,11 @@ def merge_json(src: Path, dest: Path) -> None:
 
 
 def restore(out: Path, keep: Path) -> int:
-    """Copy the kept evaluations (<keep>/records/<name>/<tag>/) into <out>/eval/ and mark them done; merge the kept
-    timings and tuned values.  Returns how many evaluations were restored."""
+    """Copy the kept evaluations (<keep>/records/<name>/<tag>/) into <out>/eval/ and mark them done, with the settings
+    they were made with (<keep>/evaluations.json); merge the kept timings and tuned values.  Returns how many
+    evaluations were restored."""
     restored = 0
+    kept_settings = json.loads((keep / "evaluations.json").read_text()) if (keep / "evaluations.json").exists() else {}
     for kept in sorted((keep / "records").glob("*/*")):
         name, tag = kept.parent.name, kept.name
         marker = out / "done" / f"eval_{name}_{tag}.done"
@@ -215,6 +219,8 @@ def restore(out: Path, keep: Path) -> int:
         dest.mkdir(parents=True, exist_ok=True)
         for f in kept.iterdir():
             shutil.copy2(f, dest / f.name)
+        if f"eval_{name}_{tag}" in kept_settings:
+            merge_json_entry(out / "evaluations.json", f"eval_{name}_{tag}", kept_settings[f"eval_{name}_{tag}"])
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("")
         restored += 1
@@ -237,6 +243,37 @@ def keep_evaluation(out: Path, keep: Path, name: str, tag: str) -> None:
     os.replace(tmp, dest)
     for file in ("timings.json", "tuned.json"):
         merge_json(out / file, keep / file)
+    key = f"eval_{name}_{tag}"
+    merge_json_entry(keep / "evaluations.json", key, json.loads((out / "evaluations.json").read_text())[key])
+
+
+def eval_settings(protocol: dict, ev: dict, members: list[int]) -> dict:
+    """What an evaluation's records depend on besides the weights (those are fingerprinted, trainings.json): its
+    method, the run and member seeds it reads, and every override it is given.  It is recorded beside the records
+    (evaluations.json); a finished or kept evaluation whose settings differ from the protocol's is evaluated again."""
+    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood") or []]
+    return {"method": ev["method"], "run": ev.get("run", ev.get("runs")), "members": members,
+            "overrides": [*(protocol.get("eval_common") or []), *ev.get("overrides", []),
+                          *([f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else [])]}
+
+
+def settle(out: Path, keep: Path | None, key: str, name: str, tag: str, settings: dict) -> None:
+    """A finished evaluation made with other settings than `settings` is unmarked (and its records removed) so that it
+    runs again; one finished before settings were recorded is taken as made with these (here and in <keep>)."""
+    recorded = json.loads((out / "evaluations.json").read_text()).get(key) if (out / "evaluations.json").exists() else None
+    if not (out / "done" / f"{key}.done").exists() or recorded == settings:
+        return
+    if recorded is None:
+        print(f"[settings] {key}: finished before its settings were recorded; taken as this protocol's", flush=True)
+        merge_json_entry(out / "evaluations.json", key, settings)
+        if keep and (keep / "records" / name / tag).is_dir():
+            merge_json_entry(keep / "evaluations.json", key, settings)
+        return
+    changed = sorted({*map(str, recorded["overrides"])} ^ {*map(str, settings["overrides"])}) or \
+        [k for k in settings if recorded.get(k) != settings[k]]
+    print(f"[settings] {key}: made with other settings ({', '.join(changed)}): evaluated again", flush=True)
+    (out / "done" / f"{key}.done").unlink()
+    shutil.rmtree(out / "eval" / name / tag, ignore_errors=True)
 
 
 TRAINED = ("base_model", "swag_model", "ivon_model", "blob_model")   # what training writes (not checkpoints, nor the
@@ -308,6 +345,8 @@ def main(argv: list[str]) -> int:
         sets = ([] if "seed" in only else member_sets(protocol["seeds"])) if "runs" in ev else \
             [(f"seed{seed}", [seed]) for seed in seeds]      # several members: every member set, once every seed trained
         plan += [(ev, source, tag, members) for tag, members in sets]
+    for ev, _, tag, members in plan:
+        settle(out, keep, f"eval_{ev['name']}_{tag}", ev["name"], tag, eval_settings(protocol, ev, members))
     read = {(source, s) for _, source, _, members in plan for s in members}
     needed = {(source, s) for ev, source, tag, members in plan for s in members
               if not (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()}
@@ -331,8 +370,6 @@ def main(argv: list[str]) -> int:
             if keep:
                 check_training(out, keep, key, run_dir(out, name, seed))
     # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them
-    oods = [f"{task}/{subtask}" if subtask else task for task, subtask in protocol.get("ood") or []]
-    ood = [f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else []
     for ev, source, tag, members in plan:
         key = f"eval_{ev['name']}_{tag}"
         if (out / "done" / f"{key}.done").exists():
@@ -340,9 +377,10 @@ def main(argv: list[str]) -> int:
         paths = [str(run_dir(out, source, s)) for s in members]
         where = [f"evaluation.eval_model_paths=[{','.join(chr(34) + p + chr(34) for p in paths)}]"] if "runs" in ev \
             else [f"evaluation.eval_model_path={paths[0]}"]
+        settings = eval_settings(protocol, ev, members)
         step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
-                        *(protocol.get("eval_common") or []), *ev.get("overrides", []), *ood,
-                        f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
+                        *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
+        merge_json_entry(out / "evaluations.json", key, settings)
         if keep:
             keep_evaluation(out, keep, ev["name"], tag)
     report = (keep or out) / "report"

@@ -164,3 +164,47 @@ def test_the_tuning_seeds_run_is_its_chosen_tuning_training_copied_and_equal_to_
     fresh = next(p.parent for p in again.rglob("run_info.json"))
     assert fresh.relative_to(again) == copied.relative_to(out / "runs" / "swag")
     assert runner_module.fingerprint(fresh) == runner_module.fingerprint(copied)
+
+
+@pytest.mark.slow
+def test_an_evaluation_whose_settings_changed_is_evaluated_again_not_restored(tmp_path):
+    out, keep = tmp_path / "scratch", tmp_path / "kept"
+    protocol = tmp_path / "protocol.yaml"
+    spec = {"out": str(out), "keep": str(keep), "seeds": [0],
+            "common": ["model=tiny_llama", *TINY, "experiment.num_epochs=1", "experiment.learning_rate=0.01"],
+            "runs": {"swag": ["method=swag", "method.swag_start=0", "method.force_save=1"]},
+            "eval_common": ["experiment.max_eval_samples=16"],
+            "evaluations": [{"name": "map", "run": "swag", "method": "base"}]}
+    protocol.write_text(yaml.safe_dump(spec))
+    assert runner(protocol).returncode == 0
+
+    def rows():
+        return json.loads(next((keep / "records" / "map" / "seed0").glob("*id*.json")).read_text())["num_examples"]
+    assert rows() == 16
+    settings = json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]
+    assert settings == {"method": "base", "run": "swag", "members": [0], "overrides": ["experiment.max_eval_samples=16"]}
+
+    spec["eval_common"] = ["experiment.max_eval_samples=8"]        # the protocol changed: the kept record is stale
+    protocol.write_text(yaml.safe_dump(spec))
+    for wiped in (False, True):                                     # in the same scratch folder, and on a fresh checkout
+        if wiped:
+            shutil.rmtree(out)
+            spec["eval_common"] = ["experiment.max_eval_samples=12"]
+            protocol.write_text(yaml.safe_dump(spec))
+        p = runner(protocol)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "[settings] eval_map_seed0: made with other settings" in p.stdout
+        assert "[run] eval_map_seed0" in p.stdout
+        assert rows() == (12 if wiped else 8)
+        assert json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]["overrides"] == spec["eval_common"]
+
+    shutil.rmtree(out)                                              # unchanged: restored, nothing evaluated again
+    p = runner(protocol)
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == ["[run] report"]
+
+    (keep / "evaluations.json").unlink()                            # kept before settings were recorded: adopted, said
+    shutil.rmtree(out)
+    p = runner(protocol)
+    assert [line for line in p.stdout.splitlines() if line.startswith("[run]")] == ["[run] report"]
+    assert "[settings] eval_map_seed0: finished before its settings were recorded" in p.stdout
+    assert json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]["overrides"] == spec["eval_common"]
