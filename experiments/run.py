@@ -229,9 +229,10 @@ def restore(out: Path, keep: Path) -> int:
     return restored
 
 
-def keep_evaluation(out: Path, keep: Path, name: str, tag: str) -> None:
+def keep_evaluation(out: Path, keep: Path, name: str, tag: str, settings: dict) -> None:
     """A finished evaluation's records (JSON + npz; its figures are redrawn by the report) into <keep>/records/, whole
-    or not at all (copied beside, then renamed), with the timings and tuned values so far."""
+    or not at all (copied beside, then renamed), with the settings it was made with and the timings and tuned values
+    so far."""
     dest = keep / "records" / name / tag
     tmp = dest.parent / f".{tag}.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -243,8 +244,7 @@ def keep_evaluation(out: Path, keep: Path, name: str, tag: str) -> None:
     os.replace(tmp, dest)
     for file in ("timings.json", "tuned.json"):
         merge_json(out / file, keep / file)
-    key = f"eval_{name}_{tag}"
-    merge_json_entry(keep / "evaluations.json", key, json.loads((out / "evaluations.json").read_text())[key])
+    merge_json_entry(keep / "evaluations.json", f"eval_{name}_{tag}", settings)
 
 
 def eval_settings(protocol: dict, ev: dict, members: list[int]) -> dict:
@@ -257,9 +257,10 @@ def eval_settings(protocol: dict, ev: dict, members: list[int]) -> dict:
                           *([f"experiment.ood_tasks=[{','.join(oods)}]"] if oods else [])]}
 
 
-def settle(out: Path, keep: Path | None, key: str, name: str, tag: str, settings: dict) -> None:
+def settle(out: Path, keep: Path | None, name: str, tag: str, settings: dict) -> None:
     """A finished evaluation made with other settings than `settings` is unmarked (and its records removed) so that it
     runs again; one finished before settings were recorded is taken as made with these (here and in <keep>)."""
+    key = f"eval_{name}_{tag}"
     recorded = json.loads((out / "evaluations.json").read_text()).get(key) if (out / "evaluations.json").exists() else None
     if not (out / "done" / f"{key}.done").exists() or recorded == settings:
         return
@@ -346,7 +347,7 @@ def main(argv: list[str]) -> int:
             [(f"seed{seed}", [seed]) for seed in seeds]      # several members: every member set, once every seed trained
         plan += [(ev, source, tag, members) for tag, members in sets]
     for ev, _, tag, members in plan:
-        settle(out, keep, f"eval_{ev['name']}_{tag}", ev["name"], tag, eval_settings(protocol, ev, members))
+        settle(out, keep, ev["name"], tag, eval_settings(protocol, ev, members))
     read = {(source, s) for _, source, _, members in plan for s in members}
     needed = {(source, s) for ev, source, tag, members in plan for s in members
               if not (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()}
@@ -382,7 +383,7 @@ def main(argv: list[str]) -> int:
                         *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
         merge_json_entry(out / "evaluations.json", key, settings)
         if keep:
-            keep_evaluation(out, keep, ev["name"], tag)
+            keep_evaluation(out, keep, ev["name"], tag, settings)
     report = (keep or out) / "report"
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(report),

@@ -148,14 +148,18 @@ def test_sigterm_during_the_closing_evaluation_ends_the_process_promptly(tmp_pat
     proc = subprocess.Popen([sys.executable, "launch_exp_hydra.py", *args, f"experiment.save_folder={tmp_path}",
                              "evaluation.num_samples=400"], cwd=REPO, env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    seen = []
     for line in proc.stdout:                     # training is done when "finished" is printed
+        seen.append(line)
         if "[swag-lora] finished:" in line:
             break
-    time.sleep(1.0)                              # inside the closing evaluation (400 draws take minutes)
+    assert proc.poll() is None, f"the run ended before its closing evaluation (exit {proc.wait()}):\n{''.join(seen)}"
+    time.sleep(1.0)                              # inside the closing evaluation (400 draws take tens of seconds)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=60)
-    assert rc == 128 + signal.SIGTERM and time.time() - t0 < 15
+    rest = proc.stdout.read()
+    assert rc == 128 + signal.SIGTERM and time.time() - t0 < 15, f"exit {rc}:\n{''.join(seen)}{rest}"
     rd = run_dir(tmp_path)
     assert (rd / "run_info.json").is_file()
     assert not [p for p in rd.rglob("*") if p.name.endswith(".tmp")]
