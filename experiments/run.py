@@ -281,30 +281,83 @@ TRAINED = ("base_model", "swag_model", "ivon_model", "blob_model")   # what trai
 # caches evaluations add to a run: laplace_model/, tfb_model/)
 
 
-def fingerprint(run: Path) -> str:
-    """sha256 over a finished run's trained weights (the *.safetensors of its TRAINED folders, by path)."""
+def trained_files(run: Path) -> list[Path]:
     files = sorted(f for d in TRAINED for f in (run / d).glob("*.safetensors"))
     if not files:
         raise SystemExit(f"error: {run} holds no trained weights (no *.safetensors in {', '.join(TRAINED)})")
+    return files
+
+
+def fingerprint(run: Path) -> str:
+    """sha256 over a finished run's trained weights (the *.safetensors of its TRAINED folders, by path)."""
     h = hashlib.sha256()
-    for f in files:
+    for f in trained_files(run):
         h.update(f.relative_to(run).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def check_training(out: Path, keep: Path, key: str, run: Path) -> None:
-    """Record a training's fingerprint in <keep>/trainings.json, or stop if a kept one differs: the kept evaluations
-    of this run and seed came from other weights, and pairing new ones with them would be silently wrong."""
+def weights_summary(run: Path) -> dict[str, list[float]]:
+    """Per trained file (by path): the L2 norm of all its weights, as one float64 vector v in key order, and v's
+    projections on 3 fixed standard-normal directions.  A training repeated on another CPU or library version (other
+    kernels: the same model up to rounding) gives the same numbers to ~1e-6 relative; another seed, data set or setting
+    moves each projection by about ||v||."""
+    from safetensors.torch import load_file
+    import torch
+    summary = {}
+    for f in trained_files(run):
+        tensors = load_file(f)
+        v = torch.cat([tensors[k].detach().reshape(-1).double() for k in sorted(tensors) if tensors[k].is_floating_point()])
+        g = torch.Generator().manual_seed(0)
+        summary[f.relative_to(run).as_posix()] = [v.norm().item(),
+                                                   *(float(v @ torch.randn(v.numel(), generator=g, dtype=torch.float64))
+                                                     for _ in range(3))]
+    return summary
+
+
+SAME_WEIGHTS_RTOL = 1e-3   # the largest projection difference, relative to the norm, still read as rounding
+
+
+def summary_distance(a: dict, b: dict) -> float:
+    """The largest difference between two weights summaries, relative to the norm (inf where their files differ)."""
+    if set(a) != set(b):
+        return float("inf")
+    return max(abs(x - y) / max(b[f][0], 1e-30) for f in a for x, y in zip(a[f], b[f]))
+
+
+def check_training(out: Path, keep: Path, key: str, run: Path, read_by: list[str]) -> None:
+    """Record a training's fingerprint (sha256 and weights summary) in <keep>/trainings.json, or, where a kept one
+    differs, decide.  Bit-equal: nothing to do.  Equal to rounding (the summaries within SAME_WEIGHTS_RTOL: another CPU's
+    kernels): said, and the kept fingerprint stays.  Otherwise, if a kept or finished evaluation (`read_by`) reads the
+    earlier training, stop: pairing new evaluations with it would be silently wrong; if none does (every one is to be
+    evaluated again), the new fingerprint replaces the old one, and that is said."""
     path = keep / "trainings.json"
-    kept = json.loads(path.read_text()) if path.exists() else {}
-    now = fingerprint(run)
-    if key in kept and kept[key] != now:
-        raise SystemExit(f"error: {key} trained again gave other weights (sha256 {now[:12]}, kept {kept[key][:12]}): "
-                         f"the evaluations kept in {keep / 'records'} for it came from the earlier training; allowed: "
-                         f"remove them (and its entry in {path}) to evaluate this training afresh")
-    if key not in kept:
+    entry = (json.loads(path.read_text()) if path.exists() else {}).get(key)
+    kept = {"sha256": entry} if isinstance(entry, str) else entry        # before summaries were kept: the sha256 alone
+    now = {"sha256": fingerprint(run), "summary": weights_summary(run)}
+    if kept is None:
         merge_json_entry(path, key, now)
+        return
+    if kept["sha256"] == now["sha256"]:
+        if "summary" not in kept:
+            merge_json_entry(path, key, now)
+        return
+    distance = summary_distance(now["summary"], kept["summary"]) if "summary" in kept else float("inf")
+    if distance <= SAME_WEIGHTS_RTOL:
+        print(f"[fingerprint] {key}: not bit-equal to the kept training, equal to rounding (largest relative "
+              f"difference {distance:.1e} <= {SAME_WEIGHTS_RTOL:g}): its kept evaluations stand", flush=True)
+        return
+    if not read_by:
+        print(f"[fingerprint] {key}: other weights than the kept training's, which no kept or finished evaluation reads "
+              f"any more (each is evaluated again): its fingerprint is replaced", flush=True)
+        merge_json_entry(path, key, now)
+        return
+    how = f"largest relative difference {distance:.1e} > {SAME_WEIGHTS_RTOL:g}" if "summary" in kept else \
+        "the kept fingerprint predates weights summaries, so only bit-equal weights are accepted"
+    raise SystemExit(f"error: {key} trained again gave other weights (sha256 {now['sha256'][:12]}, kept "
+                     f"{kept['sha256'][:12]}; {how}): the evaluations kept in {keep / 'records'} for it "
+                     f"({', '.join(read_by)}) came from the earlier training; allowed: remove them (and its entry in "
+                     f"{path}) to evaluate this training afresh")
 
 
 def merge_json_entry(path: Path, key: str, value) -> None:
@@ -369,7 +422,11 @@ def main(argv: list[str]) -> int:
                                 f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
                                 "experiment.eval_upon_save=false"])
             if keep:
-                check_training(out, keep, key, run_dir(out, name, seed))
+                check_training(out, keep, key, run_dir(out, name, seed), [
+                    f"{ev['name']}_{tag}" for ev in protocol["evaluations"] if ev.get("run", ev.get("runs")) == name
+                    for tag, members in ([(f"seed{s}", [s]) for s in protocol["seeds"]] if "run" in ev else
+                                         member_sets(protocol["seeds"]))
+                    if seed in members and (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()])
     # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them
     for ev, source, tag, members in plan:
         key = f"eval_{ev['name']}_{tag}"

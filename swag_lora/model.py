@@ -101,9 +101,10 @@ def load_base_model(model_cfg, source: str, arch: str, num_labels: int, vocab_si
     cls = {"causal": AutoModelForCausalLM, "seq_cls": AutoModelForSequenceClassification,
            "multiple_choice": AutoModelForMultipleChoice}[arch]
     dtype = DTYPES[model_cfg.dtype]
-    if model_cfg.tiny:
-        torch.manual_seed(int(model_cfg.tiny["init_seed"]))
-        return cls.from_config(_tiny_config(model_cfg, vocab_size, num_labels)).to(dtype)
+    if model_cfg.tiny:      # its own random stream: the run's seed still draws LoRA's initialisation after it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(model_cfg.tiny["init_seed"]))
+            return cls.from_config(_tiny_config(model_cfg, vocab_size, num_labels)).to(dtype)
     kwargs = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
     if arch == "seq_cls":
         kwargs["num_labels"] = num_labels

@@ -11,6 +11,14 @@ import yaml
 from conftest import REPO, TINY, subprocess_env
 
 
+def load_runner():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("protocol_runner", REPO / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def runner(protocol, *filters):
     return subprocess.run([sys.executable, "experiments/run.py", str(protocol), *filters], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True, timeout=900)
@@ -117,21 +125,47 @@ def test_kept_evaluations_survive_a_wiped_output_and_a_retraining_must_reproduce
     assert json.loads(next((keep / "records" / "map" / "seed1").glob("*.json")).read_text())["metrics"] == map1
     assert json.loads((keep / "trainings.json").read_text()) == trainings
 
-    shutil.rmtree(out)                      # a retraining whose weights differ from the kept ones stops the runner
-    shutil.rmtree(keep / "records" / "map" / "seed1")
-    (keep / "trainings.json").write_text(json.dumps({**trainings, "train_swag_seed1": "0" * 64}))
-    p = runner(protocol)
-    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1].startswith(
-        "error: train_swag_seed1 trained again gave other weights")
+    runner_module = load_runner()           # the summary's norm, computed independently with numpy
+    from safetensors.numpy import load_file
+    run1 = runner_module.run_dir(out, "swag", 1)
+    for name, (norm, *_) in trainings["train_swag_seed1"]["summary"].items():
+        arrays = load_file(run1 / name)
+        assert norm == pytest.approx(np.linalg.norm(np.concatenate([arrays[k].ravel().astype(np.float64)
+                                                                    for k in sorted(arrays)])), rel=1e-12)
+    assert runner_module.summary_distance(trainings["train_swag_seed0"]["summary"],
+                                          trainings["train_swag_seed1"]["summary"]) > 0.1     # another seed: far apart
+
+    def retrain_seed1(kept_entry):
+        shutil.rmtree(out)
+        shutil.rmtree(keep / "records" / "map" / "seed1", ignore_errors=True)
+        (keep / "trainings.json").write_text(json.dumps({**trainings, "train_swag_seed1": kept_entry}))
+        return runner(protocol)
+
+    kept1 = trainings["train_swag_seed1"]   # the same weights to rounding (another CPU's kernels): accepted, said
+    near = {f: [x * (1 + 1e-6) for x in v] for f, v in kept1["summary"].items()}
+    p = retrain_seed1({"sha256": "0" * 64, "summary": near})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "[fingerprint] train_swag_seed1: not bit-equal to the kept training, equal to rounding" in p.stdout
+    assert json.loads((keep / "trainings.json").read_text())["train_swag_seed1"]["summary"] == near
+
+    p = retrain_seed1({"sha256": "0" * 64, "summary": trainings["train_swag_seed0"]["summary"]})
+    assert p.returncode != 0                # other weights, read by the kept ensemble: the runner stops
+    assert p.stderr.strip().splitlines()[-1].startswith("error: train_swag_seed1 trained again gave other weights")
+    assert "largest relative difference" in p.stderr and "(ensemble_seed0)" in p.stderr
     assert not (keep / "records" / "map" / "seed1").exists()
+    p = retrain_seed1("0" * 64)             # a kept sha256 alone (before summaries): only bit-equal weights pass
+    assert p.returncode != 0 and "predates weights summaries" in p.stderr
+
+    shutil.rmtree(keep / "records" / "ensemble")   # no kept evaluation reads seed 1 any more: its fingerprint is replaced
+    p = retrain_seed1("0" * 64)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "[fingerprint] train_swag_seed1: other weights than the kept training's" in p.stdout
+    assert json.loads((keep / "trainings.json").read_text())["train_swag_seed1"] == trainings["train_swag_seed1"]
 
 
 @pytest.mark.slow
 def test_the_tuning_seeds_run_is_its_chosen_tuning_training_copied_and_equal_to_training_it_again(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("protocol_runner", REPO / "experiments" / "run.py")
-    runner_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner_module)
+    runner_module = load_runner()
     out = tmp_path / "out"
     common = ["model=tiny_llama", *TINY, "experiment.num_epochs=1"]
     protocol = tmp_path / "protocol.yaml"

@@ -313,3 +313,23 @@ def test_mc_dropout_switches_the_dropout_modules_only_unless_whole_model_is_aske
     a, b = two_passes("whole_model")
     assert (a - b).abs().max() > 1e-5                             # it samples (the tiny model's logits are ~1e-2)
     assert not any(m.training for m in model.modules())           # restored
+
+
+def test_a_tiny_models_seed_draws_its_lora_initialisation_and_not_its_base_weights():
+    """The tiny base model is drawn from its own stream (init_seed); LoRA's A matrices from the run's seed after it.
+    Before, init_seed reseeded the global stream, so every seed of a tiny run started from the same LoRA weights."""
+    from accelerate.utils import set_seed
+
+    from swag_lora.model import load_model
+    run = run_config(*TINY, "model=tiny_llama")
+    weights = []
+    for seed in (0, 1, 0):
+        set_seed(seed)
+        _, model = load_model(run.model, run.experiment, get_task("demo"))
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    lora_a = [n for n in weights[0] if "lora_A" in n]
+    base = [n for n in weights[0] if "lora_" not in n and "head" not in n]
+    assert lora_a and base
+    assert all(not torch.equal(weights[0][n], weights[1][n]) for n in lora_a)
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in base)
+    assert all(torch.equal(weights[0][n], weights[2][n]) for n in weights[0])
