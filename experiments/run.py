@@ -204,23 +204,27 @@ def merge_json(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def restore(out: Path, keep: Path) -> int:
+def restore(out: Path, keep: Path, expected: dict[str, dict]) -> int:
     """Copy the kept evaluations (<keep>/records/<name>/<tag>/) into <out>/eval/ and mark them done, with the settings
-    they were made with (<keep>/evaluations.json); merge the kept timings and tuned values.  Returns how many
-    evaluations were restored."""
+    they were made with (<keep>/evaluations.json); merge the kept timings and tuned values.  One whose recorded settings
+    differ from the protocol's (`expected`, by key) is not restored: it is evaluated again (so that a second runner of
+    the protocol cannot bring back what the first one found stale).  Returns how many evaluations were restored."""
     restored = 0
     kept_settings = json.loads((keep / "evaluations.json").read_text()) if (keep / "evaluations.json").exists() else {}
     for kept in sorted((keep / "records").glob("*/*")):
         name, tag = kept.parent.name, kept.name
-        marker = out / "done" / f"eval_{name}_{tag}.done"
+        key = f"eval_{name}_{tag}"
+        marker = out / "done" / f"{key}.done"
         if not kept.is_dir() or marker.exists() or not any(kept.glob("*.json")):
+            continue
+        if key in kept_settings and key in expected and kept_settings[key] != expected[key]:
             continue
         dest = out / "eval" / name / tag
         dest.mkdir(parents=True, exist_ok=True)
         for f in kept.iterdir():
             shutil.copy2(f, dest / f.name)
-        if f"eval_{name}_{tag}" in kept_settings:
-            merge_json_entry(out / "evaluations.json", f"eval_{name}_{tag}", kept_settings[f"eval_{name}_{tag}"])
+        if key in kept_settings:
+            merge_json_entry(out / "evaluations.json", key, kept_settings[key])
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("")
         restored += 1
@@ -375,6 +379,12 @@ def member_sets(seeds: list[int]) -> list[tuple[str, list[int]]]:
     return [(f"seed{seeds[0]}", list(seeds))]
 
 
+def evaluation_sets(protocol: dict, ev: dict) -> list[tuple[str, list[int]]]:
+    """Every (tag, member seeds) of evaluation `ev` in the whole protocol: one per seed for a single run, the member
+    sets for several."""
+    return [(f"seed{s}", [s]) for s in protocol["seeds"]] if "run" in ev else member_sets(protocol["seeds"])
+
+
 def main(argv: list[str]) -> int:
     protocol = load_protocol(argv)
     out = REPO / protocol["out"]
@@ -387,7 +397,9 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"error: bad filter {' '.join(argv[1:])}; {allowed}")
     seeds = [s for s in seeds if str(s) == only.get("seed", str(s))]
     out.mkdir(parents=True, exist_ok=True)
-    if keep and (restored := restore(out, keep)):
+    expected = {f"eval_{ev['name']}_{tag}": eval_settings(protocol, ev, members) for ev in protocol["evaluations"]
+                for tag, members in evaluation_sets(protocol, ev)}
+    if keep and (restored := restore(out, keep, expected)):
         print(f"[keep] {restored} finished evaluations restored from {keep / 'records'}", flush=True)
     python = sys.executable
     # the evaluation steps (evaluation x member set), and the (run, seed) trainings that the unfinished ones read
@@ -396,8 +408,8 @@ def main(argv: list[str]) -> int:
         source = ev.get("run", ev.get("runs"))
         if only.get("run", source) != source:
             continue
-        sets = ([] if "seed" in only else member_sets(protocol["seeds"])) if "runs" in ev else \
-            [(f"seed{seed}", [seed]) for seed in seeds]      # several members: every member set, once every seed trained
+        sets = [] if "runs" in ev and "seed" in only else [   # several members: every member set, once every seed trained
+            (tag, members) for tag, members in evaluation_sets(protocol, ev) if "runs" in ev or members[0] in seeds]
         plan += [(ev, source, tag, members) for tag, members in sets]
     for ev, _, tag, members in plan:
         settle(out, keep, ev["name"], tag, eval_settings(protocol, ev, members))
@@ -424,8 +436,7 @@ def main(argv: list[str]) -> int:
             if keep:
                 check_training(out, keep, key, run_dir(out, name, seed), [
                     f"{ev['name']}_{tag}" for ev in protocol["evaluations"] if ev.get("run", ev.get("runs")) == name
-                    for tag, members in ([(f"seed{s}", [s]) for s in protocol["seeds"]] if "run" in ev else
-                                         member_sets(protocol["seeds"]))
+                    for tag, members in evaluation_sets(protocol, ev)
                     if seed in members and (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()])
     # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them
     for ev, source, tag, members in plan:

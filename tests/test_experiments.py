@@ -220,14 +220,19 @@ def test_an_evaluation_whose_settings_changed_is_evaluated_again_not_restored(tm
 
     spec["eval_common"] = ["experiment.max_eval_samples=8"]        # the protocol changed: the kept record is stale
     protocol.write_text(yaml.safe_dump(spec))
+    runner_module = load_runner()     # a second runner of the protocol (say run=ivon) cannot bring the stale one back
+    stale = {"eval_map_seed0": {**settings, "overrides": spec["eval_common"]}}
+    assert runner_module.restore(tmp_path / "other", keep, stale) == 0 and not (tmp_path / "other" / "done").exists()
+    assert runner_module.restore(tmp_path / "other", keep, {"eval_map_seed0": settings}) == 1
     for wiped in (False, True):                                     # in the same scratch folder, and on a fresh checkout
         if wiped:
             shutil.rmtree(out)
             spec["eval_common"] = ["experiment.max_eval_samples=12"]
             protocol.write_text(yaml.safe_dump(spec))
         p = runner(protocol)
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert "[settings] eval_map_seed0: made with other settings" in p.stdout
+        assert p.returncode == 0, p.stderr[-2000:]      # in the scratch folder: found stale; kept: never restored
+        assert ("[settings] eval_map_seed0: made with other settings" in p.stdout) != wiped
+        assert ("[keep] 1 finished evaluations restored" in p.stdout) is False
         assert "[run] eval_map_seed0" in p.stdout
         assert rows() == (12 if wiped else 8)
         assert json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]["overrides"] == spec["eval_common"]
