@@ -14,10 +14,11 @@ With `keep:` (a folder meant to be committed, e.g. docs/results/<protocol>) ever
 (JSON + npz) are copied to <keep>/records/<name>/<tag>/, with timings.json, tuned.json, a fingerprint of every
 training (trainings.json) and the report; on a fresh checkout (a wiped scratch folder, another node) those
 evaluations are restored and skipped, and a training that only they read is not repeated.  A training that is
-repeated (for an evaluation not kept yet) must reproduce its fingerprint, or the runner stops: its kept evaluations
-would be paired with another model.  Each evaluation's settings (method, runs, member seeds, overrides) are recorded
-beside its records (evaluations.json): one finished or kept with other settings than the protocol's now is evaluated
-again, never reused.
+repeated (for an evaluation not kept yet) must reproduce its fingerprint -- bit for bit, or to rounding by its weights
+summary (another CPU's kernels) -- or the runner stops where a kept evaluation reads it: that evaluation would be
+paired with another model.  Each evaluation's settings (method, runs, member seeds, overrides) are recorded beside
+its records (evaluations.json): one finished or kept with other settings than the protocol's now is evaluated again,
+never reused or restored.
 
 protocol.yaml:
     out: results/experiments/<protocol>          # where runs, evaluations and the report go
