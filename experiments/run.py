@@ -8,7 +8,10 @@ training run resumes from its checkpoint (experiment.resume=auto).  Every step i
 logged to <out>/logs/; evaluations write to <out>/eval/<name>/seed<seed>/ (an evaluation of several runs, with 3 or
 more seeds: one per leave-one-out member set, <out>/eval/<name>/without<seed>/); CPU seconds per step go to
 <out>/timings.json.  `seed=N` runs one seed (its trainings and single-run evaluations); `run=NAME` runs one training
-run and the evaluations that read it, so that a partial protocol already has results.
+run and the evaluations that read it, so that a partial protocol already has results.  Several runners of one
+protocol share its work (one per core: start the same command again): each step is claimed by a lock in <out>/locks/
+(flock: a local disk, or a file system that honours it), and a runner leaves the steps another holds, and the
+evaluations that read them, for later, and waits for them at the end.
 
 With `keep:` (a folder meant to be committed, e.g. docs/results/<protocol>) every finished evaluation's records
 (JSON + npz) are copied to <keep>/records/<name>/<tag>/, with timings.json, tuned.json, a fingerprint of every
@@ -63,24 +66,37 @@ def read_timings(out: Path) -> dict:
     return json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
 
 
-def step(out: Path, key: str, command: list[str]) -> None:
-    """Run `command` unless its marker says it finished; record its CPU and wall time in <out>/timings.json."""
+def step(out: Path, key: str, command: list[str], wait: bool = True) -> bool:
+    """Run `command` unless its marker says it finished; record its CPU and wall time in <out>/timings.json.  The step
+    is claimed first (a lock in <out>/locks/), so that several runners of one protocol never run it twice: where another
+    holds it, wait for it (`wait`) or return False at once (the caller comes back to it).  True: the step finished."""
     marker = out / "done" / f"{key}.done"
     if marker.exists():
-        return
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cpu0, t0 = cpu_seconds(), time.time()
-    print(f"[run] {key}", flush=True)
-    with open(out / "logs" / f"{key}.log", "w") as log:
-        rc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"error: step {key} failed (exit {rc}); see {out / 'logs' / (key + '.log')}")
-    merge_json_entry(out / "timings.json", key, {"cpu_seconds": round(cpu_seconds() - cpu0, 1),
-                                                 "wall_seconds": round(time.time() - t0, 1)})
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("")
+        return True
+    (out / "locks").mkdir(parents=True, exist_ok=True)
+    with open(out / "locks" / f"{key}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            print(f"[busy] {key}: another runner is on it; left for later", flush=True)
+            return False
+        if marker.exists():                     # the other runner finished it while this one waited
+            return True
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        cpu0, t0 = cpu_seconds(), time.time()
+        print(f"[run] {key}", flush=True)
+        with open(out / "logs" / f"{key}.log", "w") as log:
+            rc = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise SystemExit(f"error: step {key} failed (exit {rc}); see {out / 'logs' / (key + '.log')}")
+        merge_json_entry(out / "timings.json", key, {"cpu_seconds": round(cpu_seconds() - cpu0, 1),
+                                                     "wall_seconds": round(time.time() - t0, 1)})
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("")
+    return True
 
 
 def run_dir(out: Path, name: str, seed: int) -> Path:
@@ -439,7 +455,45 @@ def main(argv: list[str]) -> int:
     read = {(source, s) for _, source, _, members in plan for s in members}
     needed = {(source, s) for ev, source, tag, members in plan for s in members
               if not (out / "done" / f"eval_{ev['name']}_{tag}.done").exists()}
-    for name, overrides in protocol["runs"].items():
+    def train(name: str, seed: int, tuned: list[str], wait: bool) -> bool:
+        key = f"train_{name}_seed{seed}"
+        source = None if (out / "done" / f"{key}.done").exists() else tuned_run(out, protocol, name, seed)
+        if source:
+            copy_tuned_run(out, name, key, source)
+        elif not step(out, key, [python, "launch_exp_hydra.py", *(protocol.get("common") or []),
+                                 *(protocol["runs"][name] or []), *tuned, f"experiment.seed={seed}",
+                                 f"experiment.save_folder={out / 'runs' / name}", "experiment.eval_upon_save=false"],
+                      wait):
+            return False
+        if keep:
+            reads = [(ev["name"], tag) for ev in protocol["evaluations"] if ev.get("run", ev.get("runs")) == name
+                     for tag, members in evaluation_sets(protocol, ev) if seed in members]
+            recorded = json.loads((out / "evaluations.json").read_text()) if (out / "evaluations.json").exists() else {}
+            in_use = [f"{n}_{t}" for n, t in reads if (out / "done" / f"eval_{n}_{t}.done").exists()
+                      and recorded.get(f"eval_{n}_{t}", expected[f"eval_{n}_{t}"]) == expected[f"eval_{n}_{t}"]]
+            check_training(out, keep, key, run_dir(out, name, seed), reads, in_use)
+        return True
+
+    def evaluate(ev: dict, source: str, tag: str, members: list[int], wait: bool) -> bool:
+        """One evaluation per (evaluation, member set): the in-distribution rows once, every OOD task against them."""
+        key = f"eval_{ev['name']}_{tag}"
+        if not wait and not all((out / "done" / f"train_{source}_seed{s}.done").exists() for s in members):
+            return False                                   # a training it reads is another runner's, still running
+        paths = [str(run_dir(out, source, s)) for s in members]
+        where = [f"evaluation.eval_model_paths=[{','.join(chr(34) + p + chr(34) for p in paths)}]"] if "runs" in ev \
+            else [f"evaluation.eval_model_path={paths[0]}"]
+        settings = eval_settings(protocol, ev, members)
+        if not step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
+                               *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"], wait):
+            return False
+        merge_json_entry(out / "evaluations.json", key, settings)
+        if keep:
+            keep_evaluation(out, keep, ev["name"], tag, settings)
+        return True
+
+    # a step that another runner of this protocol holds is left for later, and waited for at the end
+    later_trainings, later_evaluations = [], []
+    for name in protocol["runs"]:
         if only.get("run", name) != name:
             continue
         todo = [s for s in seeds if (name, s) in needed or (name, s) not in read
@@ -447,36 +501,14 @@ def main(argv: list[str]) -> int:
         if not todo:
             continue
         tuned = tuned_overrides(out, protocol, name, python)
-        for seed in todo:
-            key = f"train_{name}_seed{seed}"
-            source = None if (out / "done" / f"{key}.done").exists() else tuned_run(out, protocol, name, seed)
-            if source:
-                copy_tuned_run(out, name, key, source)
-            else:
-                step(out, key, [python, "launch_exp_hydra.py", *(protocol.get("common") or []), *(overrides or []), *tuned,
-                                f"experiment.seed={seed}", f"experiment.save_folder={out / 'runs' / name}",
-                                "experiment.eval_upon_save=false"])
-            if keep:
-                reads = [(ev["name"], tag) for ev in protocol["evaluations"] if ev.get("run", ev.get("runs")) == name
-                         for tag, members in evaluation_sets(protocol, ev) if seed in members]
-                recorded = json.loads((out / "evaluations.json").read_text()) if (out / "evaluations.json").exists() else {}
-                in_use = [f"{n}_{t}" for n, t in reads if (out / "done" / f"eval_{n}_{t}.done").exists()
-                          and recorded.get(f"eval_{n}_{t}", expected[f"eval_{n}_{t}"]) == expected[f"eval_{n}_{t}"]]
-                check_training(out, keep, key, run_dir(out, name, seed), reads, in_use)
-    # one evaluation per (evaluation, member set) scores the in-distribution rows once and every OOD task against them
-    for ev, source, tag, members in plan:
-        key = f"eval_{ev['name']}_{tag}"
-        if (out / "done" / f"{key}.done").exists():
-            continue
-        paths = [str(run_dir(out, source, s)) for s in members]
-        where = [f"evaluation.eval_model_paths=[{','.join(chr(34) + p + chr(34) for p in paths)}]"] if "runs" in ev \
-            else [f"evaluation.eval_model_path={paths[0]}"]
-        settings = eval_settings(protocol, ev, members)
-        step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
-                        *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"])
-        merge_json_entry(out / "evaluations.json", key, settings)
-        if keep:
-            keep_evaluation(out, keep, ev["name"], tag, settings)
+        later_trainings += [(name, seed, tuned) for seed in todo if not train(name, seed, tuned, wait=False)]
+    for item in plan:
+        if not (out / "done" / f"eval_{item[0]['name']}_{item[2]}.done").exists() and not evaluate(*item, wait=False):
+            later_evaluations.append(item)
+    for name, seed, tuned in later_trainings:
+        train(name, seed, tuned, wait=True)
+    for item in later_evaluations:
+        evaluate(*item, wait=True)
     report = (keep or out) / "report"
     (out / "done" / "report.done").unlink(missing_ok=True)      # the report always reflects every evaluation so far
     step(out, "report", [python, "-m", "swag_lora.report", str(out / "eval"), "--out", str(report),

@@ -287,3 +287,32 @@ def test_a_training_on_other_cpu_kernels_is_equal_to_rounding_and_another_seed_i
     summary = {name: runner_module.weights_summary(run) for name, run in runs.items()}
     assert runner_module.summary_distance(summary["vector"], summary["generic"]) < runner_module.SAME_WEIGHTS_RTOL / 10
     assert runner_module.summary_distance(summary["vector"], summary["seed1"]) > 100 * runner_module.SAME_WEIGHTS_RTOL
+
+
+@pytest.mark.slow
+def test_two_runners_of_one_protocol_share_its_steps_and_run_none_twice(tmp_path):
+    out, keep = tmp_path / "scratch", tmp_path / "kept"
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text(yaml.safe_dump({
+        "out": str(out), "keep": str(keep), "seeds": [0, 1, 2],
+        "common": ["model=tiny_llama", *TINY, "experiment.num_epochs=1", "experiment.learning_rate=0.01"],
+        "runs": {"swag": ["method=swag", "method.swag_start=0", "method.force_save=1"]},
+        "eval_common": ["evaluation.num_samples=2", "experiment.max_eval_samples=16"],
+        "evaluations": [{"name": "map", "run": "swag", "method": "base"},
+                        {"name": "ensemble", "runs": "swag", "method": "ensemble"}]}))
+    procs = [subprocess.Popen([sys.executable, "experiments/run.py", str(protocol)], cwd=REPO, env=subprocess_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    ran = [line[len("[run] "):] for o, _ in outputs for line in o.splitlines()
+           if line.startswith("[run] ") and line != "[run] report"]
+    steps = {f"train_swag_seed{s}" for s in range(3)} | {f"eval_map_seed{s}" for s in range(3)} | {
+        f"eval_ensemble_without{s}" for s in range(3)}
+    assert sorted(ran) == sorted(steps)                                   # every step once, in one runner or the other
+    assert all(any(line.startswith("[run] ") for line in o.splitlines()) for o, _ in outputs)   # both worked
+    assert {f.stem for f in (out / "done").glob("*.done")} == steps | {"report"}
+    assert set(json.loads((keep / "timings.json").read_text())) >= steps
+    assert set(json.loads((keep / "trainings.json").read_text())) == {f"train_swag_seed{s}" for s in range(3)}
+    assert set(json.loads((keep / "evaluations.json").read_text())) == {s for s in steps if s.startswith("eval_")}
+    records = {f.parent.relative_to(keep / "records").as_posix() for f in (keep / "records").rglob("*.json")}
+    assert records == {f"map/seed{s}" for s in range(3)} | {f"ensemble/without{s}" for s in range(3)}
