@@ -75,6 +75,23 @@ def test_different_row_caps_are_not_pooled_and_each_pairs_with_its_own_map():
     assert swag["d_nll"].mean == pytest.approx(-0.1)
 
 
+def test_one_training_family_saved_under_two_folders_is_one_row_paired_with_its_map():
+    """Seeds of one run family evaluated from two checkouts (kept records of seeds 0-1 from one folder, seed 2 from
+    another node) are one row of n = 3, each paired with its own seed's MAP."""
+    layout = "t/m/swag/lr0.1_seed{}_abc123"
+    records = [{**rec("map", s, 1.0 + s), "run_dirs": [f"/node{s % 2}/results/runs/swag/{layout.format(s)}"]}
+               for s in range(3)]
+    records += [{**rec("laplace", s, 0.8 + s), "run_dirs": [f"/node{s // 2}/out/{layout.format(s)}"]} for s in range(3)]
+    rows = aggregate(records, ("nll",))
+    assert sorted((r["method"], r["n"]) for r in rows) == [("laplace", 3), ("map", 3)]
+    laplace = next(r for r in rows if r["method"] == "laplace")
+    assert laplace["d_nll"].mean == pytest.approx(-0.2) and laplace["d_nll"].se == pytest.approx(0.0)
+    assert laplace["runs"] == layout.format("*")
+    other = {**rec("laplace", 0, 0.8), "run_dirs": ["/node0/out/t/m/swag/lr0.2_seed0_def456"]}   # another training
+    assert sorted((r["method"], r["n"]) for r in aggregate(records + [other], ("nll",))) == [
+        ("laplace", 1), ("laplace", 3), ("map", 3)]
+
+
 def test_two_map_evaluations_of_one_run_on_the_same_rows_are_refused():
     with pytest.raises(ReportError, match="two map evaluations of the same training seed"):
         aggregate([rec("map", 0, 1.0), {**rec("map", 0, 1.1), "_file": "other.json"}], ("nll",))

@@ -41,8 +41,11 @@ def split_key(r: dict) -> tuple:
 
 
 def family(r: dict) -> str:
-    """The run family without its seed ("members" for an evaluation of several runs)."""
-    return " ".join(sorted({_seedless(d) for d in r["run_dirs"]})) if len(r["run_dirs"]) == 1 else "members"
+    """The run family without its seed ("members" for an evaluation of several runs): the run directory below its
+    save folder, <task>/<model>/<method>/<name>_seed*_<config digest>, which names the training wherever it was saved
+    (kept records of one seed from one checkout, of another seed from another node)."""
+    return " ".join(sorted({_seedless("/".join(Path(d).parts[-4:])) for d in r["run_dirs"]})) \
+        if len(r["run_dirs"]) == 1 else "members"
 
 
 def group_key(r: dict) -> tuple:
