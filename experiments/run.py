@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -401,7 +402,9 @@ def json_file(path: Path) -> Iterator[dict]:
         entries = json.loads(path.read_text()) if path.exists() else {}
         yield entries
         tmp = path.parent / f".{path.name}.{os.getpid()}"
-        tmp.write_text(json.dumps(entries, indent=1))
+        tmp.write_text(re.sub(r"\[\s+([-+\d.eE,\s]+?)\s+\]",      # a list of numbers on one line
+                              lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                              json.dumps(entries, indent=1)))
         os.replace(tmp, path)
 
 
