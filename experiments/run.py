@@ -50,7 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -67,10 +67,11 @@ def read_timings(out: Path) -> dict:
     return json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
 
 
-def step(out: Path, key: str, command: list[str], wait: bool = True) -> bool:
+def step(out: Path, key: str, command: list[str], wait: bool = True, then: Callable[[], None] | None = None) -> bool:
     """Run `command` unless its marker says it finished; record its CPU and wall time in <out>/timings.json.  The step
     is claimed first (a lock in <out>/locks/), so that several runners of one protocol never run it twice: where another
-    holds it, wait for it (`wait`) or return False at once (the caller comes back to it).  True: the step finished."""
+    holds it, wait for it (`wait`) or return False at once (the caller comes back to it).  `then` (keeping the step's
+    records) runs once, by the runner that ran the step, under its lock and before its marker.  True: it finished."""
     marker = out / "done" / f"{key}.done"
     if marker.exists():
         return True
@@ -95,6 +96,8 @@ def step(out: Path, key: str, command: list[str], wait: bool = True) -> bool:
             raise SystemExit(f"error: step {key} failed (exit {rc}); see {out / 'logs' / (key + '.log')}")
         merge_json_entry(out / "timings.json", key, {"cpu_seconds": round(cpu_seconds() - cpu0, 1),
                                                      "wall_seconds": round(time.time() - t0, 1)})
+        if then:
+            then()
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("")
     return True
@@ -486,13 +489,14 @@ def main(argv: list[str]) -> int:
         where = [f"evaluation.eval_model_paths=[{','.join(chr(34) + p + chr(34) for p in paths)}]"] if "runs" in ev \
             else [f"evaluation.eval_model_path={paths[0]}"]
         settings = eval_settings(protocol, ev, members)
-        if not step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
-                               *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"], wait):
-            return False
-        merge_json_entry(out / "evaluations.json", key, settings)
-        if keep:
-            keep_evaluation(out, keep, ev["name"], tag, settings)
-        return True
+
+        def record() -> None:                              # by the runner that evaluated it, once
+            merge_json_entry(out / "evaluations.json", key, settings)
+            if keep:
+                keep_evaluation(out, keep, ev["name"], tag, settings)
+        return step(out, key, [python, "-m", "swag_lora.evaluate", f"evaluation.eval_method={ev['method']}", *where,
+                               *settings["overrides"], f"evaluation.output_dir={out / 'eval' / ev['name'] / tag}"],
+                    wait, then=record)
 
     # a step that another runner of this protocol holds is left for later, and waited for at the end
     later_trainings, later_evaluations = [], []

@@ -35,6 +35,27 @@ def test_a_bad_filter_is_refused_in_one_line_before_anything_runs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_finished_step_is_kept_once_by_the_runner_that_ran_it_not_again_by_one_that_waited(tmp_path):
+    import threading
+    run = load_runner()
+    marker, kept, results = tmp_path / "done" / "eval_x_seed0.done", [], []
+
+    def keep(name):                        # the records are kept before the marker says the step finished
+        kept.append((name, marker.exists()))
+
+    def runner_of_the_step(name):          # two runners (flock: one open file each, as two processes would)
+        results.append(run.step(tmp_path, "eval_x_seed0", [sys.executable, "-c", "import time; time.sleep(1)"],
+                                wait=True, then=lambda: keep(name)))
+    threads = [threading.Thread(target=runner_of_the_step, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True, True] and len(kept) == 1 and kept[0][1] is False and marker.exists()
+    assert run.step(tmp_path, "eval_x_seed0", [sys.executable, "-c", "raise SystemExit(1)"], then=lambda: keep("c"))
+    assert len(kept) == 1                  # finished before: neither run nor kept again
+
+
 @pytest.mark.slow
 def test_a_partial_protocol_runs_one_run_then_the_rest_skipping_what_finished(tmp_path):
     out = tmp_path / "out"
