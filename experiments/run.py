@@ -250,8 +250,8 @@ def restore(out: Path, keep: Path, expected: dict[str, dict]) -> int:
 
 def keep_evaluation(out: Path, keep: Path, name: str, tag: str, settings: dict) -> None:
     """A finished evaluation's records (JSON + npz; its figures are redrawn by the report) into <keep>/records/, whole
-    or not at all (copied beside, then renamed), with the settings it was made with and the timings and tuned values
-    so far."""
+    or not at all (copied beside, then renamed), with the settings it was made with, its CPU time (replacing that of
+    records made with other settings) and the timings and tuned values so far."""
     merge_json_entry(keep / "evaluations.json", f"eval_{name}_{tag}", settings)   # first: restore() checks records by it
     dest = keep / "records" / name / tag
     tmp = dest.parent / f".{tag}.{os.getpid()}"
@@ -262,6 +262,9 @@ def keep_evaluation(out: Path, keep: Path, name: str, tag: str, settings: dict) 
             shutil.copy2(f, tmp / f.name)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+    key = f"eval_{name}_{tag}"                        # evaluated again (its settings changed): its new time counts
+    if key in (timings := read_timings(out)):
+        merge_json_entry(keep / "timings.json", key, timings[key])
     for file in ("timings.json", "tuned.json"):
         merge_json(out / file, keep / file)
 

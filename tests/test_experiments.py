@@ -252,6 +252,7 @@ def test_an_evaluation_whose_settings_changed_is_evaluated_again_not_restored(tm
     def rows():
         return json.loads(next((keep / "records" / "map" / "seed0").glob("*id*.json")).read_text())["num_examples"]
     assert rows() == 16
+    first_time = json.loads((keep / "timings.json").read_text())["eval_map_seed0"]
     settings = json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]
     assert settings == {"method": "base", "run": "swag", "members": [0], "overrides": ["experiment.max_eval_samples=16"]}
 
@@ -273,6 +274,9 @@ def test_an_evaluation_whose_settings_changed_is_evaluated_again_not_restored(tm
         assert "[run] eval_map_seed0" in p.stdout
         assert rows() == (12 if wiped else 8)
         assert json.loads((keep / "evaluations.json").read_text())["eval_map_seed0"]["overrides"] == spec["eval_common"]
+        kept_time = json.loads((keep / "timings.json").read_text())["eval_map_seed0"]   # the new evaluation's time
+        assert kept_time == json.loads((out / "timings.json").read_text())["eval_map_seed0"] != first_time
+        first_time = kept_time
 
     shutil.rmtree(out)                                              # unchanged: restored, nothing evaluated again
     p = runner(protocol)
