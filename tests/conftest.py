@@ -53,6 +53,23 @@ def subprocess_env(**extra) -> dict:
             **extra}
 
 
+def load_runner():
+    """experiments/run.py as a module (the protocol runner's functions, for tests that check them directly)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("protocol_runner", REPO / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def runner(protocol, *filters):
+    """`python experiments/run.py <protocol> <filters>`, as a user starts it."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "experiments/run.py", str(protocol), *filters], cwd=REPO,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=900)
+
+
 TINY = ("experiment.wandb_mode=disabled", "experiment.max_train_samples=48", "experiment.max_eval_samples=32",
         "experiment.batch_size=8", "experiment.eval_batch_size=16")
 
