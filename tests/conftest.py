@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# The costliest files first (each takes 4-10 minutes on one core), so that pytest-xdist's `--dist loadfile` hands them
+# out before the short ones and its two workers finish together (longest first); the rest keep their order.
+COSTLIEST_FIRST = ("test_protocol_records.py", "test_resume.py", "test_distributed.py", "test_experiments.py",
+                   "test_evaluation.py", "test_bad_input.py", "test_methods.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(COSTLIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: a file's tests keep their order
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
